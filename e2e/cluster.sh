@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane for the demo and the integration tests:
+# etcd + kube-apiserver on 127.0.0.1 (free ports), generated PKI, RBAC,
+# a ServiceAccount issuer (TokenRequest/TokenReview work). No controller-manager,
+# no scheduler, no kubelet.
+#
+#   e2e/cluster.sh up      start (idempotent: a running cluster is left alone)
+#   e2e/cluster.sh down    stop exactly the processes `up` started
+#   e2e/cluster.sh status  print whether it runs
+#
+# State lives in $AGENTID_CLUSTER_DIR (default <repo>/.cluster): kubeconfig,
+# pki/, logs/ (etcd.log, kube-apiserver.log), pids/.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+bin=${AGENTID_BIN_DIR:-$root/.cache/bin}
+dir=${AGENTID_CLUSTER_DIR:-$root/.cluster}
+pki=$dir/pki logs=$dir/logs pids=$dir/pids
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+alive() { [ -f "$pids/$1" ] && kill -0 "$(cat "$pids/$1")" 2>/dev/null; }
+
+gen_pki() {
+  [ -f "$pki/admin.crt" ] && return
+  mkdir -p "$pki"
+  log "generating PKI in $pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=agentid-local-ca" 2>/dev/null
+    cat > serving.ext <<EOF
+basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+EOF
+    openssl req -newkey rsa:2048 -nodes -keyout serving.key -out serving.csr -subj "/CN=kube-apiserver" 2>/dev/null
+    openssl x509 -req -in serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out serving.crt \
+      -days 3650 -extfile serving.ext 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > client.ext
+    openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=admin" 2>/dev/null
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt \
+      -days 3650 -extfile client.ext 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    rm -f ./*.csr ./*.srl
+  )
+}
+
+write_kubeconfig() { # port
+  cat > "$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: agentid-local
+  cluster:
+    server: https://127.0.0.1:$1
+    certificate-authority: $pki/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $pki/admin.crt
+    client-key: $pki/admin.key
+contexts:
+- name: agentid-local
+  context: {cluster: agentid-local, user: admin}
+current-context: agentid-local
+EOF
+}
+
+wait_for() { # what seconds command...
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "$what not ready after ${secs}s; last log lines:"
+      tail -n 30 "$logs/$what.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+up() {
+  for b in etcd kube-apiserver kubectl; do
+    [ -x "$bin/$b" ] || { log "missing $bin/$b: run e2e/tools/build.sh (make tools)"; exit 1; }
+  done
+  if alive etcd && alive kube-apiserver; then
+    log "already running ($(grep server: "$dir/kubeconfig" | awk '{print $2}'))"; return
+  fi
+  down >/dev/null 2>&1 || true
+  mkdir -p "$logs" "$pids"
+  gen_pki
+  local started=$SECONDS
+  local etcd_port peer_port api_port
+  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
+  rm -rf "$dir/etcd-data"
+  setsid "$bin/etcd" --name agentid-local --data-dir "$dir/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "agentid-local=http://127.0.0.1:$peer_port" \
+    --unsafe-no-fsync=true --quota-backend-bytes=4294967296 --log-level=warn \
+    >"$logs/etcd.log" 2>&1 </dev/null &
+  echo $! > "$pids/etcd"
+  wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+  setsid "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --api-audiences https://kubernetes.default.svc \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --allow-privileged=true \
+    --disable-admission-plugins ServiceAccount \
+    --endpoint-reconciler-type none \
+    --enable-priority-and-fairness=false \
+    --profiling=false \
+    >"$logs/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! > "$pids/kube-apiserver"
+  write_kubeconfig "$api_port"
+  wait_for kube-apiserver 60 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "https://127.0.0.1:$api_port/readyz"
+  log "ready in $((SECONDS - started))s: KUBECONFIG=$dir/kubeconfig (https://127.0.0.1:$api_port)"
+}
+
+stop_one() { # name
+  local f=$pids/$1
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $1 (pid $pid)"
+  fi
+  rm -f "$f"
+}
+
+down() {
+  stop_one kube-apiserver
+  stop_one etcd
+  rm -rf "$dir/etcd-data"
+}
+
+status() {
+  if alive etcd && alive kube-apiserver; then echo "running: KUBECONFIG=$dir/kubeconfig"; else echo "not running"; return 1; fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

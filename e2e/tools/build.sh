@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds the local test control plane (kube-apiserver, kubectl, etcd, helm) from
+# Go modules into a git-ignored cache. Idempotent: a binary that already reports
+# the wanted version is not rebuilt.
+#
+#   e2e/tools/build.sh [kube|etcd|helm|all]    (default: all)
+#
+# Output: $AGENTID_BIN_DIR (default <repo>/.cache/bin)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+bin=${AGENTID_BIN_DIR:-$root/.cache/bin}
+work=${AGENTID_BUILD_DIR:-$root/.cache/build}
+mkdir -p "$bin" "$work"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+log() { printf '[build] %s\n' "$*" >&2; }
+
+have_version() { # binary expected-substring
+  [ -x "$bin/$1" ] && "$bin/$1" "${@:3}" 2>/dev/null | grep -q -- "$2"
+}
+
+build_kube() {
+  if have_version kube-apiserver "Kubernetes $KUBE_VERSION" --version &&
+     have_version kubectl "$KUBE_VERSION" version --client; then
+    log "kube-apiserver and kubectl $KUBE_VERSION present"; return
+  fi
+  local mod="$work/kube-$KUBE_VERSION"
+  mkdir -p "$mod"
+  log "resolving k8s.io/kubernetes@$KUBE_VERSION"
+  local gomod
+  gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  [ -f "$gomod" ] || { log "cannot find go.mod of k8s.io/kubernetes@$KUBE_VERSION"; exit 1; }
+  local staging_ver="v0.${KUBE_VERSION#v1.}"
+  {
+    echo "module agentid.dev/e2e/kube"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//')"
+    echo
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    echo
+    echo "replace ("
+    # Every staging module that k8s.io/kubernetes replaces with a local path
+    # becomes the published module of the matching v0.X.Y version.
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" |
+      while read -r m; do echo "	$m => $m $staging_ver"; done
+    echo ")"
+  } > "$mod/go.mod"
+  log "$(grep -c ' => ' "$mod/go.mod") staging modules replaced with $staging_ver"
+  (cd "$mod" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" &&
+    go list -m k8s.io/kubernetes | grep -q " $KUBE_VERSION$")
+  local major=${KUBE_VERSION#v}; major=${major%%.*}
+  local minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  log "building kube-apiserver $KUBE_VERSION (cold: 10-20 min)"
+  (cd "$mod" && go build -trimpath -ldflags "$ld" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+  log "building kubectl $KUBE_VERSION"
+  (cd "$mod" && go build -trimpath -ldflags "$ld" -o "$bin/kubectl" k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_etcd() {
+  if have_version etcd "etcd Version: ${ETCD_VERSION#v}" --version; then
+    log "etcd $ETCD_VERSION present"; return
+  fi
+  local mod="$work/etcd-$ETCD_VERSION"
+  mkdir -p "$mod"
+  cp "$here/etcd/main.go" "$mod/main.go"
+  cat > "$mod/go.mod" <<EOM
+module agentid.dev/e2e/etcd
+
+go $(go env GOVERSION | sed 's/^go//')
+EOM
+  log "building etcd $ETCD_VERSION"
+  (cd "$mod" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" && go mod tidy &&
+    go build -trimpath -ldflags "-s -w" -o "$bin/etcd" .)
+}
+
+build_helm() {
+  if have_version helm "$HELM_VERSION" version --short; then
+    log "helm $HELM_VERSION present"; return
+  fi
+  log "building helm $HELM_VERSION"
+  GOBIN="$bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+case "${1:-all}" in
+  kube) build_kube ;;
+  etcd) build_etcd ;;
+  helm) build_helm ;;
+  all) build_etcd; build_kube; build_helm ;;
+  *) echo "usage: $0 [kube|etcd|helm|all]" >&2; exit 2 ;;
+esac

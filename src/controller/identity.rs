@@ -1,0 +1,135 @@
+//! AgentIdentity controller: keeps each agent's dedicated ServiceAccount and status in line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+
+use super::Context;
+use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::core::identity::{self, ServiceAccountAction, is_owned_by};
+use crate::error::{Error, Result};
+
+/// Finalizer that lets agentid remove what it created before an AgentIdentity goes.
+pub const FINALIZER: &str = "agentid.dev/cleanup";
+const KIND: &str = "AgentIdentity";
+
+/// Runs the controller until the stream ends (shutdown).
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let agents = Api::<AgentIdentity>::all(client.clone());
+    let sas = Api::<ServiceAccount>::all(client);
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    Controller::new(agents, watcher::Config::default())
+        .owns(sas, owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => {
+                    debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled")
+                }
+                Err(e) => debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+#[instrument(skip_all, fields(namespace = agent.namespace().unwrap_or_default(), name = agent.name_any()))]
+pub async fn reconcile(agent: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = agent
+        .namespace()
+        .ok_or(Error::Plan(identity::PlanError::MissingField(
+            "metadata.namespace",
+        )))?;
+    let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+    let res = finalizer(&api, FINALIZER, agent, |event| async {
+        match event {
+            FinalizerEvent::Apply(a) => apply(a, &ctx).await,
+            FinalizerEvent::Cleanup(a) => cleanup(a, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(KIND, started.elapsed().as_secs_f64());
+    res
+}
+
+async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
+    let ns = agent.namespace().unwrap_or_default();
+    let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+    // fetch
+    let existing = sa_api.get_opt(&agent.service_account_name()).await?;
+    // decide
+    let plan = identity::plan(
+        &agent,
+        existing.as_ref(),
+        &ctx.config.trust_domain,
+        Timestamp::now(),
+    )?;
+    // apply
+    let mut requeue = Duration::from_secs(30 * 60);
+    match &plan.service_account {
+        ServiceAccountAction::Keep => {}
+        ServiceAccountAction::Apply { desired, create } => {
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            sa_api
+                .patch(&plan.service_account_name, &pp, &Patch::Apply(desired))
+                .await?;
+            info!(service_account = %plan.service_account_name, created = create, "service account applied");
+        }
+        ServiceAccountAction::Conflict { .. } => {
+            warn!(service_account = %plan.service_account_name, "service account conflict");
+            // A foreign ServiceAccount triggers no watch event of ours: look again later.
+            requeue = Duration::from_secs(60);
+        }
+    }
+    // status (only when it changed, so steady state costs no writes)
+    if agent.status.as_ref() != Some(&plan.status) {
+        let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({ "status": plan.status });
+        api.patch_status(
+            &agent.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        ctx.publish(agent.as_ref(), "Reconcile", &plan.events).await;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Removes what agentid created for the agent; never anything it does not own.
+async fn cleanup(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
+    let ns = agent.namespace().unwrap_or_default();
+    let uid = agent.uid().unwrap_or_default();
+    let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+    let sa_name = agent.service_account_name();
+    if let Some(sa) = sa_api.get_opt(&sa_name).await? {
+        if is_owned_by(&sa.metadata, &uid) {
+            match sa_api.delete(&sa_name, &DeleteParams::default()).await {
+                Ok(_) => info!(service_account = %sa_name, "service account deleted"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(agent: Arc<AgentIdentity>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(namespace = ?agent.namespace(), name = %agent.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(KIND, error.metric_label());
+    Action::requeue(Duration::from_secs(10))
+}

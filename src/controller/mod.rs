@@ -1,0 +1,73 @@
+//! The I/O shells around the pure core: kube-runtime controllers.
+//! Each reconcile is fetch → `core` decides → apply → status.
+
+pub mod identity;
+
+use std::sync::Arc;
+
+use kube::Client;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tracing::warn;
+
+use crate::core::identity::PlannedEvent;
+use crate::metrics::Metrics;
+
+/// Operator-wide settings.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// SPIFFE trust domain of agents that do not set their own.
+    pub trust_domain: String,
+    /// Identity of this replica, for Events and leader election.
+    pub instance: String,
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: "agentid".into(),
+            instance: Some(config.instance.clone()),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            config,
+            recorder,
+            metrics,
+        }
+    }
+
+    /// Publishes planned Events. Failing to record an Event never fails a reconcile.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        action: &str,
+        events: &[PlannedEvent],
+    ) {
+        let reference = obj.object_ref(&());
+        for e in events {
+            let ev = Event {
+                type_: if e.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: e.reason.to_string(),
+                note: Some(e.message.clone()),
+                action: action.to_string(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&ev, &reference).await {
+                warn!(error = %err, reason = e.reason, "could not record Event");
+            }
+        }
+    }
+}

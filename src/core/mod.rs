@@ -1,0 +1,6 @@
+//! The pure core: every decision agentid makes, as plain functions over typed
+//! inputs. Nothing here talks to a cluster, reads a file or the clock; callers
+//! pass in what was fetched and the current time.
+
+pub mod conditions;
+pub mod identity;

@@ -1,0 +1,15 @@
+//! agentid: runtime identities for AI agents on Kubernetes.
+//!
+//! - [`api`]: the CRD types (AgentIdentity, ToolGrant).
+//! - [`core`]: every decision, as pure functions (no kube client, no I/O).
+//! - [`controller`], [`probes`]: the I/O shells around the core.
+
+pub mod api;
+pub mod controller;
+pub mod core;
+pub mod error;
+pub mod metrics;
+pub mod probes;
+pub mod telemetry;
+
+pub use error::{Error, Result};
