@@ -146,6 +146,7 @@ stop_one() { # name
 }
 
 down() {
+  stop_one agentid
   stop_one kube-apiserver
   stop_one etcd
   rm -rf "$dir/etcd-data"

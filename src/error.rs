@@ -40,8 +40,9 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.reason.to_lowercase()),
             Error::Kube(_) => "kube_client".into(),
             Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
                 _ => "finalizer".into(),
             },
             Error::Plan(_) => "invalid_object".into(),

@@ -19,13 +19,7 @@ use agentid::telemetry::{self, LogFormat};
 #[command(name = "agentid", version, about)]
 struct Cli {
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "AGENTID_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "text", env = "AGENTID_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -53,6 +47,9 @@ struct RunArgs {
     /// Address of the plain-HTTP health, readiness and metrics endpoints.
     #[arg(long, env = "AGENTID_PROBE_ADDR", default_value = "0.0.0.0:8080")]
     probe_addr: SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "AGENTID_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Name of this replica (defaults to the pod name, then the host name).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
@@ -68,10 +65,7 @@ fn main() -> ExitCode {
         }
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Run(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             match rt.block_on(run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -97,9 +91,7 @@ fn crdgen(out_dir: Option<PathBuf>) -> ExitCode {
         Some(dir) => {
             for (name, yaml) in files {
                 let path = dir.join(name);
-                if let Err(e) =
-                    std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, yaml))
-                {
+                if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, yaml)) {
                     eprintln!("agentid crdgen: cannot write {}: {e}", path.display());
                     return ExitCode::from(2);
                 }
@@ -117,10 +109,7 @@ async fn run(args: RunArgs) -> agentid::Result<()> {
         .instance
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("agentid-{}", std::process::id()));
-    let config = OperatorConfig {
-        trust_domain: args.trust_domain,
-        instance,
-    };
+    let config = OperatorConfig { trust_domain: args.trust_domain, instance, watch_namespace: args.watch_namespace };
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
 
@@ -134,10 +123,11 @@ async fn run(args: RunArgs) -> agentid::Result<()> {
     });
 
     // Fail fast, with a clear message, when the CRDs are not installed.
-    Api::<AgentIdentity>::all(client.clone())
-        .list(&kube::api::ListParams::default().limit(1))
-        .await
-        .map_err(|e| agentid::Error::Config(format!("cannot list AgentIdentities (are the CRDs installed? `agentid crdgen | kubectl apply -f -`): {e}")))?;
+    Api::<AgentIdentity>::all(client.clone()).list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
+        agentid::Error::Config(format!(
+            "cannot list AgentIdentities (are the CRDs installed? `agentid crdgen | kubectl apply -f -`): {e}"
+        ))
+    })?;
 
     let ctx = Arc::new(Context::new(client, config, metrics));
     readiness.controllers.store(true, Ordering::Release);

@@ -34,50 +34,27 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
         registry.register("reconciles", "Reconciliations by kind", reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciliations by kind and reason",
-            reconcile_errors.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Reconciliation latency by kind",
-            reconcile_duration.clone(),
-        );
-        Self {
-            registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-        }
+        registry.register("reconcile_errors", "Failed reconciliations by kind and reason", reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Reconciliation latency by kind", reconcile_duration.clone());
+        Self { registry, reconciles, reconcile_errors, reconcile_duration }
     }
 }
 
 impl Metrics {
     pub fn reconciled(&self, kind: &str, seconds: f64) {
-        let labels = KindLabels {
-            kind: kind.to_string(),
-        };
+        let labels = KindLabels { kind: kind.to_string() };
         self.reconciles.get_or_create(&labels).inc();
-        self.reconcile_duration
-            .get_or_create(&labels)
-            .observe(seconds);
+        self.reconcile_duration.get_or_create(&labels).observe(seconds);
     }
 
     pub fn reconcile_failed(&self, kind: &str, reason: String) {
-        self.reconcile_errors
-            .get_or_create(&ErrorLabels {
-                kind: kind.to_string(),
-                reason,
-            })
-            .inc();
+        self.reconcile_errors.get_or_create(&ErrorLabels { kind: kind.to_string(), reason }).inc();
     }
 
     /// The registry in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

@@ -38,21 +38,11 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Router {
 }
 
 async fn readyz(State(s): State<ProbeState>) -> impl IntoResponse {
-    if s.ready.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
+    if s.ready.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
 }
 
 async fn metrics_handler(State(s): State<ProbeState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
 }
 
 #[cfg(test)]
@@ -76,11 +66,7 @@ mod tests {
         let res = app.clone().oneshot(get("/readyz")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         let res = app.oneshot(get("/metrics")).await.unwrap();
-        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec())
-            .unwrap();
-        assert!(
-            body.contains("agentid_reconciles_total{kind=\"AgentIdentity\"} 1"),
-            "{body}"
-        );
+        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(body.contains("agentid_reconciles_total{kind=\"AgentIdentity\"} 1"), "{body}");
     }
 }

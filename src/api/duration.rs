@@ -95,14 +95,8 @@ mod tests {
         for bad in ["", "10", "m", "10x", "-5m", "1.5h", "10 m", "h10", "10mm"] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
-        assert!(matches!(
-            parse("99999999999999999999h"),
-            Err(DurationError::Overflow(_))
-        ));
-        assert!(matches!(
-            parse("9999999999999999h"),
-            Err(DurationError::Overflow(_))
-        ));
+        assert!(matches!(parse("99999999999999999999h"), Err(DurationError::Overflow(_))));
+        assert!(matches!(parse("9999999999999999h"), Err(DurationError::Overflow(_))));
     }
 
     #[test]

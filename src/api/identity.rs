@@ -43,11 +43,7 @@ pub const MAX_TOKEN_TTL_SECS: u64 = 3600;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         description = "Whether the agent's identity is in place"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AgentIdentitySpec {

@@ -37,11 +37,7 @@ use serde::{Deserialize, Serialize};
         json_path = ".spec.validUntil",
         description = "When the grant expires"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!has(self.validFrom) || !has(self.validUntil) || timestamp(self.validUntil) > timestamp(self.validFrom)").message("validUntil must be after validFrom").field_path(".validUntil"))]
 #[x_kube(validation = Rule::new("(has(self.tools) && size(self.tools) > 0) || (has(self.kubernetesRules) && size(self.kubernetesRules) > 0)").message("a ToolGrant must grant at least one tool or one kubernetesRule"))]
@@ -120,9 +116,7 @@ pub struct Tool {
 }
 
 /// Data sensitivity levels, least to most sensitive.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DataSensitivity {
     #[default]

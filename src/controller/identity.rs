@@ -26,8 +26,8 @@ const KIND: &str = "AgentIdentity";
 /// Runs the controller until the stream ends (shutdown).
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let agents = Api::<AgentIdentity>::all(client.clone());
-    let sas = Api::<ServiceAccount>::all(client);
+    let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
+    let sas: Api<ServiceAccount> = ctx.config.api(client);
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     Controller::new(agents, watcher::Config::default())
         .owns(sas, owned)
@@ -47,11 +47,7 @@ pub async fn run(ctx: Arc<Context>) {
 #[instrument(skip_all, fields(namespace = agent.namespace().unwrap_or_default(), name = agent.name_any()))]
 pub async fn reconcile(agent: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let ns = agent
-        .namespace()
-        .ok_or(Error::Plan(identity::PlanError::MissingField(
-            "metadata.namespace",
-        )))?;
+    let ns = agent.namespace().ok_or(Error::Plan(identity::PlanError::MissingField("metadata.namespace")))?;
     let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
     let res = finalizer(&api, FINALIZER, agent, |event| async {
         match event {
@@ -61,8 +57,7 @@ pub async fn reconcile(agent: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<A
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .reconciled(KIND, started.elapsed().as_secs_f64());
+    ctx.metrics.reconciled(KIND, started.elapsed().as_secs_f64());
     res
 }
 
@@ -72,21 +67,14 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
     // fetch
     let existing = sa_api.get_opt(&agent.service_account_name()).await?;
     // decide
-    let plan = identity::plan(
-        &agent,
-        existing.as_ref(),
-        &ctx.config.trust_domain,
-        Timestamp::now(),
-    )?;
+    let plan = identity::plan(&agent, existing.as_ref(), &ctx.config.trust_domain, Timestamp::now())?;
     // apply
     let mut requeue = Duration::from_secs(30 * 60);
     match &plan.service_account {
         ServiceAccountAction::Keep => {}
         ServiceAccountAction::Apply { desired, create } => {
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            sa_api
-                .patch(&plan.service_account_name, &pp, &Patch::Apply(desired))
-                .await?;
+            sa_api.patch(&plan.service_account_name, &pp, &Patch::Apply(desired)).await?;
             info!(service_account = %plan.service_account_name, created = create, "service account applied");
         }
         ServiceAccountAction::Conflict { .. } => {
@@ -99,12 +87,7 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
     if agent.status.as_ref() != Some(&plan.status) {
         let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({ "status": plan.status });
-        api.patch_status(
-            &agent.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        api.patch_status(&agent.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
         ctx.publish(agent.as_ref(), "Reconcile", &plan.events).await;
     }
     Ok(Action::requeue(requeue))

@@ -20,6 +20,21 @@ pub struct OperatorConfig {
     pub trust_domain: String,
     /// Identity of this replica, for Events and leader election.
     pub instance: String,
+    /// Watch only this namespace (a namespace-scoped install); all namespaces when `None`.
+    pub watch_namespace: Option<String>,
+}
+
+impl OperatorConfig {
+    /// An `Api` over the namespaces this operator watches.
+    pub fn api<K>(&self, client: Client) -> kube::Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.watch_namespace {
+            Some(ns) => kube::Api::namespaced(client, ns),
+            None => kube::Api::all(client),
+        }
+    }
 }
 
 /// Shared state of every reconcile.
@@ -32,34 +47,17 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: "agentid".into(),
-            instance: Some(config.instance.clone()),
-        };
+        let reporter = Reporter { controller: "agentid".into(), instance: Some(config.instance.clone()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self {
-            client,
-            config,
-            recorder,
-            metrics,
-        }
+        Self { client, config, recorder, metrics }
     }
 
     /// Publishes planned Events. Failing to record an Event never fails a reconcile.
-    pub async fn publish<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        action: &str,
-        events: &[PlannedEvent],
-    ) {
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, action: &str, events: &[PlannedEvent]) {
         let reference = obj.object_ref(&());
         for e in events {
             let ev = Event {
-                type_: if e.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
+                type_: if e.warning { EventType::Warning } else { EventType::Normal },
                 reason: e.reason.to_string(),
                 note: Some(e.message.clone()),
                 action: action.to_string(),

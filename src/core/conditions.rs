@@ -18,18 +18,8 @@ pub struct CondUpdate {
 }
 
 impl CondUpdate {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            type_,
-            status,
-            reason,
-            message: message.into(),
-        }
+    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, status, reason, message: message.into() }
     }
 }
 
@@ -46,11 +36,8 @@ pub fn merge(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
-    let mut out: Vec<Condition> = existing
-        .iter()
-        .filter(|c| !updates.iter().any(|u| u.type_ == c.type_))
-        .cloned()
-        .collect();
+    let mut out: Vec<Condition> =
+        existing.iter().filter(|c| !updates.iter().any(|u| u.type_ == c.type_)).cloned().collect();
     for u in updates {
         let prev = existing.iter().find(|c| c.type_ == u.type_);
         let status = status_str(u.status);
@@ -91,18 +78,8 @@ mod tests {
 
     #[test]
     fn keeps_transition_time_when_status_is_unchanged() {
-        let first = merge(
-            &[],
-            &[CondUpdate::new(READY, true, "Ok", "fine")],
-            Some(1),
-            t(100),
-        );
-        let second = merge(
-            &first,
-            &[CondUpdate::new(READY, true, "Ok", "still fine")],
-            Some(2),
-            t(200),
-        );
+        let first = merge(&[], &[CondUpdate::new(READY, true, "Ok", "fine")], Some(1), t(100));
+        let second = merge(&first, &[CondUpdate::new(READY, true, "Ok", "still fine")], Some(2), t(200));
         assert_eq!(second[0].last_transition_time, Time(t(100)));
         assert_eq!(second[0].message, "still fine");
         assert_eq!(second[0].observed_generation, Some(2));
@@ -110,18 +87,8 @@ mod tests {
 
     #[test]
     fn moves_transition_time_when_status_flips() {
-        let first = merge(
-            &[],
-            &[CondUpdate::new(READY, true, "Ok", "")],
-            Some(1),
-            t(100),
-        );
-        let second = merge(
-            &first,
-            &[CondUpdate::new(READY, false, "Broken", "x")],
-            Some(1),
-            t(200),
-        );
+        let first = merge(&[], &[CondUpdate::new(READY, true, "Ok", "")], Some(1), t(100));
+        let second = merge(&first, &[CondUpdate::new(READY, false, "Broken", "x")], Some(1), t(200));
         assert_eq!(second[0].last_transition_time, Time(t(200)));
         assert_eq!(second[0].status, "False");
         assert!(!is_true(&second, READY));
@@ -129,18 +96,8 @@ mod tests {
 
     #[test]
     fn keeps_other_conditions_and_sorts() {
-        let first = merge(
-            &[],
-            &[CondUpdate::new(SUSPENDED, false, "Active", "")],
-            None,
-            t(1),
-        );
-        let second = merge(
-            &first,
-            &[CondUpdate::new(READY, true, "Ok", "")],
-            None,
-            t(2),
-        );
+        let first = merge(&[], &[CondUpdate::new(SUSPENDED, false, "Active", "")], None, t(1));
+        let second = merge(&first, &[CondUpdate::new(READY, true, "Ok", "")], None, t(2));
         let types: Vec<_> = second.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, vec![READY, SUSPENDED]);
     }

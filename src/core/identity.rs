@@ -9,10 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 
-use crate::api::{
-    AGENT_LABEL, AgentIdentity, AgentIdentityStatus, MANAGED_BY, MANAGED_BY_LABEL,
-    SPIFFE_ID_ANNOTATION,
-};
+use crate::api::{AGENT_LABEL, AgentIdentity, AgentIdentityStatus, MANAGED_BY, MANAGED_BY_LABEL, SPIFFE_ID_ANNOTATION};
 use crate::core::conditions::{self, CondUpdate, READY, SUSPENDED};
 
 /// Reasons used in conditions and Events (stable: dashboards and alerts match on them).
@@ -42,11 +39,7 @@ pub fn agent_labels(agent: &str) -> BTreeMap<String, String> {
 
 /// Whether `meta` names `owner_uid` among its owners: only such objects are agentid's to change or delete.
 pub fn is_owned_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
-    meta.owner_references
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|o| o.uid == owner_uid)
+    meta.owner_references.as_deref().unwrap_or_default().iter().any(|o| o.uid == owner_uid)
 }
 
 /// Why an AgentIdentity cannot be planned at all.
@@ -62,10 +55,7 @@ pub enum ServiceAccountAction {
     /// Nothing: it exists, is ours and matches.
     Keep,
     /// Create it, or bring an owned one back in line (server-side apply of this object).
-    Apply {
-        desired: ServiceAccount,
-        create: bool,
-    },
+    Apply { desired: ServiceAccount, create: bool },
     /// A ServiceAccount of that name exists and is not ours: leave it alone.
     Conflict { message: String },
 }
@@ -90,21 +80,14 @@ pub struct IdentityPlan {
 }
 
 /// The ServiceAccount an agent should have.
-pub fn desired_service_account(
-    agent: &AgentIdentity,
-    owner: OwnerReference,
-    spiffe: &str,
-) -> ServiceAccount {
+pub fn desired_service_account(agent: &AgentIdentity, owner: OwnerReference, spiffe: &str) -> ServiceAccount {
     let name = agent.metadata.name.clone().unwrap_or_default();
     ServiceAccount {
         metadata: ObjectMeta {
             name: Some(agent.service_account_name()),
             namespace: agent.metadata.namespace.clone(),
             labels: Some(agent_labels(&name)),
-            annotations: Some(BTreeMap::from([(
-                SPIFFE_ID_ANNOTATION.to_string(),
-                spiffe.to_string(),
-            )])),
+            annotations: Some(BTreeMap::from([(SPIFFE_ID_ANNOTATION.to_string(), spiffe.to_string())])),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -115,26 +98,18 @@ pub fn desired_service_account(
 
 /// Whether `existing` already carries everything `desired` sets.
 fn matches(existing: &ServiceAccount, desired: &ServiceAccount) -> bool {
-    let contains = |have: &Option<BTreeMap<String, String>>,
-                    want: &Option<BTreeMap<String, String>>| {
-        want.iter()
-            .flatten()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    let contains = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
+        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
     contains(&existing.metadata.labels, &desired.metadata.labels)
-        && contains(
-            &existing.metadata.annotations,
-            &desired.metadata.annotations,
-        )
+        && contains(&existing.metadata.annotations, &desired.metadata.annotations)
         && existing.automount_service_account_token == desired.automount_service_account_token
-        && desired.metadata.owner_references.iter().flatten().all(|o| {
-            existing
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|e| e == o)
-        })
+        && desired
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|o| existing.metadata.owner_references.iter().flatten().any(|e| e == o))
 }
 
 /// Decides what an AgentIdentity needs, given the ServiceAccount of its name
@@ -145,30 +120,11 @@ pub fn plan(
     default_trust_domain: &str,
     now: Timestamp,
 ) -> Result<IdentityPlan, PlanError> {
-    let name = agent
-        .metadata
-        .name
-        .as_deref()
-        .ok_or(PlanError::MissingField("metadata.name"))?;
-    let namespace = agent
-        .metadata
-        .namespace
-        .as_deref()
-        .ok_or(PlanError::MissingField("metadata.namespace"))?;
-    let uid = agent
-        .metadata
-        .uid
-        .as_deref()
-        .ok_or(PlanError::MissingField("metadata.uid"))?;
-    let owner = agent
-        .controller_owner_ref(&())
-        .ok_or(PlanError::MissingField("metadata.uid"))?;
-    let trust_domain = agent
-        .spec
-        .trust_domain
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .unwrap_or(default_trust_domain);
+    let name = agent.metadata.name.as_deref().ok_or(PlanError::MissingField("metadata.name"))?;
+    let namespace = agent.metadata.namespace.as_deref().ok_or(PlanError::MissingField("metadata.namespace"))?;
+    let uid = agent.metadata.uid.as_deref().ok_or(PlanError::MissingField("metadata.uid"))?;
+    let owner = agent.controller_owner_ref(&()).ok_or(PlanError::MissingField("metadata.uid"))?;
+    let trust_domain = agent.spec.trust_domain.as_deref().filter(|t| !t.is_empty()).unwrap_or(default_trust_domain);
     let spiffe = spiffe_id(trust_domain, namespace, name);
     let sa_name = agent.service_account_name();
     let desired = desired_service_account(agent, owner, &spiffe);
@@ -186,29 +142,18 @@ pub fn plan(
                 message: message.clone(),
             });
             (
-                ServiceAccountAction::Conflict {
-                    message: message.clone(),
-                },
+                ServiceAccountAction::Conflict { message: message.clone() },
                 CondUpdate::new(READY, false, reason::SERVICE_ACCOUNT_CONFLICT, message),
             )
         }
-        Some(sa) if matches(sa, &desired) => (
-            ServiceAccountAction::Keep,
-            ready_condition(&sa_name, &spiffe),
-        ),
+        Some(sa) if matches(sa, &desired) => (ServiceAccountAction::Keep, ready_condition(&sa_name, &spiffe)),
         Some(_) => {
             events.push(PlannedEvent {
                 warning: false,
                 reason: reason::SERVICE_ACCOUNT_UPDATED,
                 message: format!("ServiceAccount {sa_name} brought back in line"),
             });
-            (
-                ServiceAccountAction::Apply {
-                    desired,
-                    create: false,
-                },
-                ready_condition(&sa_name, &spiffe),
-            )
+            (ServiceAccountAction::Apply { desired, create: false }, ready_condition(&sa_name, &spiffe))
         }
         None => {
             events.push(PlannedEvent {
@@ -216,13 +161,7 @@ pub fn plan(
                 reason: reason::SERVICE_ACCOUNT_CREATED,
                 message: format!("Created ServiceAccount {sa_name} for {spiffe}"),
             });
-            (
-                ServiceAccountAction::Apply {
-                    desired,
-                    create: true,
-                },
-                ready_condition(&sa_name, &spiffe),
-            )
+            (ServiceAccountAction::Apply { desired, create: true }, ready_condition(&sa_name, &spiffe))
         }
     };
 
@@ -240,12 +179,7 @@ pub fn plan(
     // A suspended agent is not Ready, whatever state its ServiceAccount is in, so
     // admission and the decision API refuse it.
     let ready = if agent.spec.suspended && !conflict {
-        CondUpdate::new(
-            READY,
-            false,
-            reason::SUSPENDED,
-            "the agent is suspended (spec.suspended: true)",
-        )
+        CondUpdate::new(READY, false, reason::SUSPENDED, "the agent is suspended (spec.suspended: true)")
     } else {
         ready
     };
@@ -257,22 +191,11 @@ pub fn plan(
         conditions: conditions::merge(&previous.conditions, &[ready, suspended], generation, now),
         observed_generation: generation,
     };
-    Ok(IdentityPlan {
-        spiffe_id: spiffe,
-        service_account_name: sa_name,
-        service_account: action,
-        status,
-        events,
-    })
+    Ok(IdentityPlan { spiffe_id: spiffe, service_account_name: sa_name, service_account: action, status, events })
 }
 
 fn ready_condition(sa_name: &str, spiffe: &str) -> CondUpdate {
-    CondUpdate::new(
-        READY,
-        true,
-        reason::IDENTITY_READY,
-        format!("ServiceAccount {sa_name} carries {spiffe}"),
-    )
+    CondUpdate::new(READY, true, reason::IDENTITY_READY, format!("ServiceAccount {sa_name} carries {spiffe}"))
 }
 
 #[cfg(test)]
@@ -308,27 +231,19 @@ mod tests {
 
     #[test]
     fn spiffe_id_has_the_documented_shape() {
-        assert_eq!(
-            spiffe_id("cluster.local", "agents", "billing"),
-            "spiffe://cluster.local/ns/agents/agent/billing"
-        );
+        assert_eq!(spiffe_id("cluster.local", "agents", "billing"), "spiffe://cluster.local/ns/agents/agent/billing");
     }
 
     #[test]
     fn new_agent_gets_a_dedicated_service_account() {
         let a = agent("billing");
         let p = plan(&a, None, "cluster.local", now()).unwrap();
-        let ServiceAccountAction::Apply { desired, create } = &p.service_account else {
-            panic!("expected apply")
-        };
+        let ServiceAccountAction::Apply { desired, create } = &p.service_account else { panic!("expected apply") };
         assert!(create);
         assert_eq!(desired.metadata.name.as_deref(), Some("agent-billing"));
         assert_eq!(desired.metadata.namespace.as_deref(), Some("agents"));
         assert_eq!(desired.automount_service_account_token, Some(false));
-        assert_eq!(
-            desired.metadata.labels.as_ref().unwrap()[AGENT_LABEL],
-            "billing"
-        );
+        assert_eq!(desired.metadata.labels.as_ref().unwrap()[AGENT_LABEL], "billing");
         assert_eq!(
             desired.metadata.annotations.as_ref().unwrap()[SPIFFE_ID_ANNOTATION],
             "spiffe://cluster.local/ns/agents/agent/billing"
@@ -338,10 +253,7 @@ mod tests {
         assert_eq!(owner.kind, "AgentIdentity");
         assert_eq!(owner.controller, Some(true));
         assert!(conditions::is_true(&p.status.conditions, READY));
-        assert_eq!(
-            p.status.service_account_name.as_deref(),
-            Some("agent-billing")
-        );
+        assert_eq!(p.status.service_account_name.as_deref(), Some("agent-billing"));
         assert_eq!(p.status.observed_generation, Some(3));
         assert_eq!(p.events[0].reason, reason::SERVICE_ACCOUNT_CREATED);
     }
@@ -353,47 +265,34 @@ mod tests {
         a.spec.trust_domain = Some("prod.example.com".into());
         let p = plan(&a, None, "cluster.local", now()).unwrap();
         assert_eq!(p.service_account_name, "billing-bot");
-        assert_eq!(
-            p.spiffe_id,
-            "spiffe://prod.example.com/ns/agents/agent/billing"
-        );
+        assert_eq!(p.spiffe_id, "spiffe://prod.example.com/ns/agents/agent/billing");
     }
 
     #[test]
     fn matching_owned_service_account_is_kept_and_plan_is_idempotent() {
         let a = agent("billing");
         let first = plan(&a, None, "cluster.local", now()).unwrap();
-        let ServiceAccountAction::Apply { desired, .. } = first.service_account else {
-            panic!()
-        };
+        let ServiceAccountAction::Apply { desired, .. } = first.service_account else { panic!() };
         let mut a2 = a.clone();
         a2.status = Some(first.status.clone());
         let later = Timestamp::from_second(1_800_000_100).unwrap();
         let second = plan(&a2, Some(&desired), "cluster.local", later).unwrap();
         assert_eq!(second.service_account, ServiceAccountAction::Keep);
         assert!(second.events.is_empty());
-        assert_eq!(
-            second.status, first.status,
-            "same input, same status: no status write needed"
-        );
+        assert_eq!(second.status, first.status, "same input, same status: no status write needed");
     }
 
     #[test]
     fn drifted_owned_service_account_is_reapplied() {
         let a = agent("billing");
         let ServiceAccountAction::Apply { mut desired, .. } =
-            plan(&a, None, "cluster.local", now())
-                .unwrap()
-                .service_account
+            plan(&a, None, "cluster.local", now()).unwrap().service_account
         else {
             panic!()
         };
         desired.automount_service_account_token = Some(true);
         let p = plan(&a, Some(&desired), "cluster.local", now()).unwrap();
-        assert!(matches!(
-            p.service_account,
-            ServiceAccountAction::Apply { create: false, .. }
-        ));
+        assert!(matches!(p.service_account, ServiceAccountAction::Apply { create: false, .. }));
     }
 
     #[test]
@@ -408,10 +307,7 @@ mod tests {
             ..Default::default()
         };
         let p = plan(&a, Some(&foreign), "cluster.local", now()).unwrap();
-        assert!(matches!(
-            p.service_account,
-            ServiceAccountAction::Conflict { .. }
-        ));
+        assert!(matches!(p.service_account, ServiceAccountAction::Conflict { .. }));
         let ready = conditions::get(&p.status.conditions, READY).unwrap();
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, reason::SERVICE_ACCOUNT_CONFLICT);
@@ -424,19 +320,14 @@ mod tests {
     fn service_account_owned_by_another_agent_is_a_conflict() {
         let other = agent("other");
         let ServiceAccountAction::Apply { desired, .. } =
-            plan(&other, None, "cluster.local", now())
-                .unwrap()
-                .service_account
+            plan(&other, None, "cluster.local", now()).unwrap().service_account
         else {
             panic!()
         };
         let mut a = agent("billing");
         a.spec.service_account_name = Some("agent-other".into());
         let p = plan(&a, Some(&desired), "cluster.local", now()).unwrap();
-        assert!(matches!(
-            p.service_account,
-            ServiceAccountAction::Conflict { .. }
-        ));
+        assert!(matches!(p.service_account, ServiceAccountAction::Conflict { .. }));
     }
 
     #[test]
@@ -446,20 +337,14 @@ mod tests {
         let p = plan(&a, None, "cluster.local", now()).unwrap();
         assert!(conditions::is_true(&p.status.conditions, SUSPENDED));
         let ready = conditions::get(&p.status.conditions, READY).unwrap();
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", reason::SUSPENDED)
-        );
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::SUSPENDED));
     }
 
     #[test]
     fn objects_without_identity_fields_are_refused_not_panicked() {
         let mut a = agent("billing");
         a.metadata.uid = None;
-        assert_eq!(
-            plan(&a, None, "cluster.local", now()),
-            Err(PlanError::MissingField("metadata.uid"))
-        );
+        assert_eq!(plan(&a, None, "cluster.local", now()), Err(PlanError::MissingField("metadata.uid")));
         a.metadata.namespace = None;
         assert!(plan(&a, None, "cluster.local", now()).is_err());
     }

@@ -1,0 +1,46 @@
+# agentid — see README.md. The two commands that matter: `make demo` and `make test`.
+SHELL := /usr/bin/env bash
+CARGO ?= cargo
+BIN := .cache/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+## Local control plane binaries (kube-apiserver, kubectl, etcd, helm), cached in .cache/bin
+tools:
+	e2e/tools/build.sh all
+
+## Regenerate crds/ from the Rust types
+crds:
+	$(CARGO) run --quiet -- crdgen --out-dir crds
+
+cluster-up: tools
+	e2e/cluster.sh up
+
+cluster-down:
+	e2e/cluster.sh down
+
+## The main job: local control plane + CRDs + operator + sample agents, then a report
+demo: tools build
+	e2e/demo.sh
+
+demo-down: cluster-down
+
+## Every test: unit tests, CRD drift, and integration tests on a real kube-apiserver
+test: tools
+	e2e/test.sh
+
+unit:
+	$(CARGO) test --locked
+
+bench:
+	$(CARGO) bench --locked
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --features e2e -- -D warnings

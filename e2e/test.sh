@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests (no cluster), then the integration tests against a
+# real etcd + kube-apiserver that this script starts in a private directory and
+# always stops again, also on failure or interrupt.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$root/.cache/bin:$PATH"
+
+echo "== unit tests and CRD drift (no cluster)"
+cargo test --locked
+
+export AGENTID_CLUSTER_DIR="${AGENTID_TEST_CLUSTER_DIR:-$root/.cache/test-cluster}"
+cleanup() {
+  local rc=$?
+  e2e/cluster.sh down || true
+  if [ $rc -ne 0 ]; then
+    echo "== tests failed; control-plane logs kept in $AGENTID_CLUSTER_DIR/logs" >&2
+    tail -n 20 "$AGENTID_CLUSTER_DIR/logs/kube-apiserver.log" >&2 2>/dev/null || true
+  fi
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+echo "== starting the local control plane"
+e2e/cluster.sh up
+export KUBECONFIG="$AGENTID_CLUSTER_DIR/kubeconfig"
+echo "== integration tests against the real kube-apiserver"
+cargo test --locked --features e2e --test 'e2e_*' -- --test-threads=4

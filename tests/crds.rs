@@ -1,0 +1,52 @@
+//! `crds/` must be exactly what the Rust types generate, and every field must be documented.
+
+use serde_json::Value;
+
+#[test]
+fn crds_directory_matches_the_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    for (name, want) in agentid::api::crd_files() {
+        let path = dir.join(&name);
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "{} is out of date with src/api: run `make crds` and commit the result", path.display());
+    }
+    let files = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml")).count();
+    assert_eq!(files, agentid::api::crd_files().len(), "crds/ holds a file that no type generates");
+}
+
+fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            let p = format!("{path}.{k}");
+            // metadata, apiVersion and kind are documented by Kubernetes itself.
+            let builtin = path.is_empty() && matches!(k.as_str(), "metadata" | "apiVersion" | "kind");
+            if !builtin && v.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+                out.push(p.clone());
+            }
+            undocumented(v, &p, out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        undocumented(items, &format!("{path}[]"), out);
+    }
+}
+
+#[test]
+fn every_field_has_a_description_for_kubectl_explain() {
+    for crd in agentid::api::crds() {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+        let mut missing = Vec::new();
+        undocumented(&schema, "", &mut missing);
+        assert!(missing.is_empty(), "{}: fields without description: {missing:?}", crd.spec.names.kind);
+    }
+}
+
+#[test]
+fn schemas_use_only_formats_the_apiserver_knows() {
+    for crd in agentid::api::crds() {
+        let text = serde_json::to_string(&crd).unwrap();
+        for bad in ["\"format\":\"uint", "\"format\":\"int8\"", "\"format\":\"int16\"", "\"format\":\"double\""] {
+            assert!(!text.contains(bad), "{} uses {bad}", crd.spec.names.kind);
+        }
+    }
+}
