@@ -1,0 +1,148 @@
+//! Finds the pod spec in a Pod or in the pod template of a workload, so a
+//! rejection happens at apply time (where GitOps users see it) and names the
+//! exact path in the object the developer wrote.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A pod spec to judge and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// `Pod`, `Deployment`, `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job` or `CronJob`.
+    pub kind: String,
+    pub namespace: Option<String>,
+    /// `metadata.name`, or `metadata.generateName` when the name is not known yet.
+    pub name: String,
+    /// Where the pod spec sits in the object, e.g. `spec.template.spec`.
+    pub spec_path: &'static str,
+    /// Labels of the pod (template): `agentid.dev/agent` marks an agent workload.
+    pub labels: BTreeMap<String, String>,
+    /// Where those labels sit in the object, e.g. `spec.template.metadata.labels`.
+    pub labels_path: &'static str,
+    pub pod: PodSpec,
+}
+
+/// Why an object that claims to be a workload cannot be judged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("{kind} {name}: {path} is not a valid pod spec: {reason}")]
+    InvalidPodSpec { kind: String, name: String, path: &'static str, reason: String },
+    #[error("object has no kind")]
+    MissingKind,
+}
+
+/// Kinds that carry a pod spec, with the API groups they are served from and where the spec sits.
+const WORKLOADS: &[(&str, &[&str], &str)] = &[
+    ("Pod", &["v1"], "spec"),
+    ("Deployment", &["apps/v1", "apps/v1beta1", "apps/v1beta2", "extensions/v1beta1"], "spec.template.spec"),
+    ("ReplicaSet", &["apps/v1", "apps/v1beta2", "extensions/v1beta1"], "spec.template.spec"),
+    ("StatefulSet", &["apps/v1", "apps/v1beta1", "apps/v1beta2"], "spec.template.spec"),
+    ("DaemonSet", &["apps/v1", "apps/v1beta2", "extensions/v1beta1"], "spec.template.spec"),
+    ("Job", &["batch/v1"], "spec.template.spec"),
+    ("CronJob", &["batch/v1", "batch/v1beta1"], "spec.jobTemplate.spec.template.spec"),
+];
+
+/// Whether `kind` in `api_version` carries a pod spec.
+pub fn is_workload_kind(api_version: &str, kind: &str) -> bool {
+    WORKLOADS.iter().any(|(k, versions, _)| *k == kind && versions.contains(&api_version))
+}
+
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, k| v.get(k))
+}
+
+/// Extracts the workload from an object (as JSON). `Ok(None)` for kinds that
+/// carry no pod spec, which admission always allows.
+pub fn from_object(obj: &Value) -> Result<Option<Workload>, WorkloadError> {
+    let kind = obj.get("kind").and_then(Value::as_str).ok_or(WorkloadError::MissingKind)?;
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let Some((kind, _, spec_path)) =
+        WORKLOADS.iter().find(|(k, versions, _)| *k == kind && versions.contains(&api_version))
+    else {
+        return Ok(None);
+    };
+    let meta = obj.get("metadata");
+    let str_at = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
+    let name = str_at("name").or_else(|| str_at("generateName")).unwrap_or_default();
+    let invalid = |reason: String| WorkloadError::InvalidPodSpec { kind: kind.to_string(), name: name.clone(), path: spec_path, reason };
+    let pod = match at(obj, spec_path) {
+        Some(spec) => PodSpec::deserialize(spec).map_err(|e| invalid(e.to_string()))?,
+        None => return Err(invalid("missing".into())),
+    };
+    let labels_path = match *kind {
+        "Pod" => "metadata.labels",
+        "CronJob" => "spec.jobTemplate.spec.template.metadata.labels",
+        _ => "spec.template.metadata.labels",
+    };
+    let labels = match at(obj, labels_path) {
+        Some(l) if !l.is_null() => BTreeMap::<String, String>::deserialize(l)
+            .map_err(|e| invalid(format!("{labels_path}: {e}")))?,
+        _ => BTreeMap::new(),
+    };
+    Ok(Some(Workload {
+        kind: kind.to_string(),
+        namespace: str_at("namespace"),
+        name,
+        spec_path,
+        labels,
+        labels_path,
+        pod,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_the_pod_spec_of_every_workload_kind() {
+        let pod_spec = json!({"containers": [{"name": "c", "image": "i"}]});
+        let template = json!({"metadata": {"labels": {"agentid.dev/agent": "a"}}, "spec": pod_spec});
+        let cases = [
+            (json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"agentid.dev/agent": "a"}}, "spec": pod_spec}), "spec"),
+            (json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
+            (json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
+            (json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
+            (json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
+            (json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
+            (json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "p"}, "spec": {"jobTemplate": {"spec": {"template": template}}}}), "spec.jobTemplate.spec.template.spec"),
+        ];
+        for (obj, path) in cases {
+            let w = from_object(&obj).unwrap().unwrap();
+            assert_eq!(w.spec_path, path);
+            assert_eq!(w.pod.containers[0].name, "c");
+            assert_eq!(w.labels["agentid.dev/agent"], "a", "{}", w.kind);
+        }
+    }
+
+    #[test]
+    fn other_kinds_are_not_workloads() {
+        assert_eq!(from_object(&json!({"apiVersion": "v1", "kind": "ConfigMap"})).unwrap(), None);
+        assert_eq!(from_object(&json!({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": 1})).unwrap(), None);
+        assert!(!is_workload_kind("v1", "Service"));
+        assert!(is_workload_kind("batch/v1", "CronJob"));
+    }
+
+    #[test]
+    fn malformed_pod_specs_are_errors_not_panics() {
+        let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": "nope"}}}});
+        let err = from_object(&bad).unwrap_err().to_string();
+        assert!(err.contains("Deployment d: spec.template.spec is not a valid pod spec"), "{err}");
+        let missing = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
+        assert!(from_object(&missing).is_err());
+        assert_eq!(from_object(&json!({"apiVersion": "v1"})), Err(WorkloadError::MissingKind));
+        let bad_labels = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": 1}}, "spec": {"containers": []}});
+        assert!(from_object(&bad_labels).is_err());
+    }
+
+    #[test]
+    fn generate_name_stands_in_for_a_missing_name() {
+        let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "namespace": "n"}, "spec": {"containers": []}});
+        let w = from_object(&obj).unwrap().unwrap();
+        assert_eq!((w.name.as_str(), w.namespace.as_deref()), ("web-", Some("n")));
+    }
+}
