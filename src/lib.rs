@@ -5,11 +5,13 @@
 //! - [`controller`], [`probes`]: the I/O shells around the core.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod error;
 pub mod metrics;
 pub mod probes;
 pub mod telemetry;
+pub mod webhook;
 
 pub use error::{Error, Result};

@@ -18,11 +18,39 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub mode: String,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub mode: String,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExceptionLabels {
+    pub exception: String,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<KindLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<KindLabels, Histogram>,
+    pub admission_requests: Family<AdmissionLabels, Counter>,
+    pub admission_violations: Family<RuleLabels, Counter>,
+    pub admission_exceptions: Family<ExceptionLabels, Counter>,
+    pub admission_bad_requests: Family<ModeLabels, Counter>,
+    pub admission_duration: Family<ModeLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -36,7 +64,28 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciliations by kind", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciliations by kind and reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Reconciliation latency by kind", reconcile_duration.clone());
-        Self { registry, reconciles, reconcile_errors, reconcile_duration }
+        let admission_requests = Family::<AdmissionLabels, Counter>::default();
+        let admission_violations = Family::<RuleLabels, Counter>::default();
+        let admission_exceptions = Family::<ExceptionLabels, Counter>::default();
+        let admission_bad_requests = Family::<ModeLabels, Counter>::default();
+        let admission_duration =
+            Family::<ModeLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 2.0, 18)));
+        registry.register("admission_requests", "Admission reviews by mode and verdict", admission_requests.clone());
+        registry.register("admission_violations", "Rule violations seen by admission, by mode and rule", admission_violations.clone());
+        registry.register("admission_exceptions", "Violations waived by an exception", admission_exceptions.clone());
+        registry.register("admission_bad_requests", "Malformed AdmissionReviews refused with 400", admission_bad_requests.clone());
+        registry.register("admission_duration_seconds", "Time to judge one AdmissionReview", admission_duration.clone());
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            admission_requests,
+            admission_violations,
+            admission_exceptions,
+            admission_bad_requests,
+            admission_duration,
+        }
     }
 }
 
@@ -49,6 +98,23 @@ impl Metrics {
 
     pub fn reconcile_failed(&self, kind: &str, reason: String) {
         self.reconcile_errors.get_or_create(&ErrorLabels { kind: kind.to_string(), reason }).inc();
+    }
+
+    pub fn admission_reviewed(&self, mode: &str, verdict: &str, seconds: f64) {
+        self.admission_requests.get_or_create(&AdmissionLabels { mode: mode.into(), verdict: verdict.into() }).inc();
+        self.admission_duration.get_or_create(&ModeLabels { mode: mode.into() }).observe(seconds);
+    }
+
+    pub fn admission_violation(&self, mode: &str, rule: &str) {
+        self.admission_violations.get_or_create(&RuleLabels { mode: mode.into(), rule: rule.into() }).inc();
+    }
+
+    pub fn admission_exception_used(&self, exception: &str, rule: &str) {
+        self.admission_exceptions.get_or_create(&ExceptionLabels { exception: exception.into(), rule: rule.into() }).inc();
+    }
+
+    pub fn admission_bad_request(&self, mode: &str) {
+        self.admission_bad_requests.get_or_create(&ModeLabels { mode: mode.into() }).inc();
     }
 
     /// The registry in the Prometheus text format.

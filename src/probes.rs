@@ -15,11 +15,15 @@ use crate::metrics::Metrics;
 #[derive(Default)]
 pub struct Readiness {
     pub controllers: AtomicBool,
+    pub webhook: AtomicBool,
+    /// Whether this replica serves the webhook at all (then readiness waits for it).
+    pub webhook_enabled: AtomicBool,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.controllers.load(Ordering::Acquire)
+            && (!self.webhook_enabled.load(Ordering::Acquire) || self.webhook.load(Ordering::Acquire))
     }
 }
 

@@ -2,5 +2,7 @@
 //! inputs. Nothing here talks to a cluster, reads a file or the clock; callers
 //! pass in what was fetched and the current time.
 
+pub mod admission;
 pub mod conditions;
+pub mod grant;
 pub mod identity;

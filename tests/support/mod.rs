@@ -24,7 +24,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub async fn client() -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default().await.expect("integration tests need KUBECONFIG pointing at a running kube-apiserver (make test)")
+    Client::try_default()
+        .await
+        .expect("integration tests need KUBECONFIG pointing at a running kube-apiserver (make test)")
 }
 
 /// Installs (server-side applies) the CRDs once per test binary and waits until they are served.
@@ -96,7 +98,10 @@ pub fn operator_config(ns: &str) -> OperatorConfig {
 pub fn start_operator(client: &Client, config: OperatorConfig) -> Operator {
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
-    let handles = vec![tokio::spawn(agentid::controller::identity::run(ctx))];
+    let handles = vec![
+        tokio::spawn(agentid::controller::identity::run(ctx.clone())),
+        tokio::spawn(agentid::controller::toolgrant::run(ctx)),
+    ];
     Operator { handles, metrics }
 }
 

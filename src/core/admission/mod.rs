@@ -9,6 +9,8 @@
 
 pub mod detectors;
 pub mod exceptions;
+pub mod registration;
+pub mod review;
 pub mod rules;
 pub mod verdict;
 pub mod workload;

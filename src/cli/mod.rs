@@ -1,0 +1,3 @@
+//! Subcommands of the `agentid` binary that are more than a line.
+
+pub mod run;

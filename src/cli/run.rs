@@ -1,0 +1,238 @@
+//! `agentid run`: the operator — controllers, the admission webhook, probes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use tracing::{error, info, warn};
+
+use crate::api::AgentIdentity;
+use crate::controller::{self, Context, OperatorConfig};
+use crate::core::admission::exceptions::ExceptionSet;
+use crate::core::admission::registration::{Endpoint, Registration};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::probes::{self, Readiness};
+use crate::webhook::tls::{CertSource, Files, SelfManaged};
+use crate::webhook::{self, ServeConfig, StoreDirectory, WebhookState};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// SPIFFE trust domain for agents that do not set their own.
+    #[arg(long, env = "AGENTID_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Address of the plain-HTTP health, readiness and metrics endpoints.
+    #[arg(long, env = "AGENTID_PROBE_ADDR", default_value = "0.0.0.0:8080")]
+    pub probe_addr: SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "AGENTID_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Name of this replica (defaults to the pod name, then the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+    /// The operator's own namespace (its certificate Secret lives here; it is never judged).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "agentid-system")]
+    pub operator_namespace: String,
+    /// The operator's ServiceAccount (its own requests are never judged).
+    #[arg(long, env = "AGENTID_SERVICE_ACCOUNT", default_value = "agentid")]
+    pub service_account: String,
+
+    /// Do not serve the admission webhook.
+    #[arg(long, env = "AGENTID_NO_WEBHOOK")]
+    pub no_webhook: bool,
+    /// Address of the HTTPS admission endpoint.
+    #[arg(long, env = "AGENTID_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// Base URL the apiserver calls the webhook at (e.g. https://127.0.0.1:8443 for a local control plane).
+    /// Without it the webhook configuration points at the Service `--webhook-service`.
+    #[arg(long, env = "AGENTID_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Service in front of the operator (name; port 443) used when no --webhook-url is given.
+    #[arg(long, env = "AGENTID_WEBHOOK_SERVICE", default_value = "agentid")]
+    pub webhook_service: String,
+    /// Name of the ValidatingWebhookConfiguration agentid keeps up to date.
+    #[arg(long, env = "AGENTID_WEBHOOK_CONFIGURATION", default_value = "agentid")]
+    pub webhook_configuration: String,
+    /// Do not create or update the ValidatingWebhookConfiguration (something else manages it).
+    #[arg(long, env = "AGENTID_NO_WEBHOOK_REGISTRATION")]
+    pub no_webhook_registration: bool,
+    /// Also require this `key=value` label on judged namespaces (to run several installs side by side).
+    #[arg(long, env = "AGENTID_WEBHOOK_SCOPE")]
+    pub webhook_scope: Option<String>,
+    /// Serving certificate file (PEM), e.g. from cert-manager; reloaded on change. Default: self-managed.
+    #[arg(long, env = "AGENTID_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Serving key file (PEM).
+    #[arg(long, env = "AGENTID_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) to put into the webhook configuration when certificates come from files.
+    #[arg(long, env = "AGENTID_CA_BUNDLE_FILE")]
+    pub ca_bundle_file: Option<PathBuf>,
+    /// Admission exceptions file (YAML); reloaded on change.
+    #[arg(long, env = "AGENTID_EXCEPTIONS_FILE")]
+    pub exceptions_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn registration(&self) -> Result<Option<Registration>> {
+        if self.no_webhook_registration {
+            return Ok(None);
+        }
+        let endpoint = match &self.webhook_url {
+            Some(url) => Endpoint::Url(url.clone()),
+            None => Endpoint::Service { namespace: self.operator_namespace.clone(), name: self.webhook_service.clone(), port: 443 },
+        };
+        let scope = match &self.webhook_scope {
+            Some(s) => {
+                let (k, v) = s.split_once('=').ok_or_else(|| Error::Config(format!("--webhook-scope {s:?}: expected key=value")))?;
+                Some((k.to_string(), v.to_string()))
+            }
+            None => None,
+        };
+        Ok(Some(Registration {
+            name: self.webhook_configuration.clone(),
+            endpoint,
+            ca_bundle: Vec::new(),
+            operator_namespace: self.operator_namespace.clone(),
+            operator_user: Some(format!("system:serviceaccount:{}:{}", self.operator_namespace, self.service_account)),
+            scope,
+            timeout_seconds: 5,
+        }))
+    }
+
+    fn cert_source(&self) -> CertSource {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                CertSource::Files(Files { cert: cert.clone(), key: key.clone(), ca_bundle: self.ca_bundle_file.clone() })
+            }
+            _ => {
+                let svc = format!("{}.{}.svc", self.webhook_service, self.operator_namespace);
+                CertSource::SelfManaged(SelfManaged {
+                    namespace: self.operator_namespace.clone(),
+                    secret_name: format!("{}-webhook-tls", self.webhook_configuration),
+                    sans: vec!["127.0.0.1".into(), "localhost".into(), svc.clone(), format!("{svc}.cluster.local")],
+                    validity: Duration::from_secs(90 * 24 * 3600),
+                })
+            }
+        }
+    }
+}
+
+fn load_exceptions(path: &Option<PathBuf>) -> Result<ExceptionSet> {
+    match path {
+        None => Ok(ExceptionSet::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
+            ExceptionSet::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))
+        }
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default().await?;
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("agentid-{}", std::process::id()));
+    let config = OperatorConfig {
+        trust_domain: args.trust_domain.clone(),
+        instance,
+        watch_namespace: args.watch_namespace.clone(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+    readiness.webhook_enabled.store(!args.no_webhook, Ordering::Release);
+
+    let listener = tokio::net::TcpListener::bind(args.probe_addr).await?;
+    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    let probe_app = probes::router(metrics.clone(), readiness.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, probe_app).await {
+            error!(error = %e, "probe server stopped");
+        }
+    });
+
+    // Fail fast, with a clear message, when the CRDs are not installed.
+    config.api::<AgentIdentity>(client.clone()).list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
+        Error::Config(format!(
+            "cannot list AgentIdentities (are the CRDs installed? `agentid crdgen | kubectl apply -f -`): {e}"
+        ))
+    })?;
+
+    if !args.no_webhook {
+        start_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
+    }
+
+    let ctx = Arc::new(Context::new(client, config, metrics));
+    readiness.controllers.store(true, Ordering::Release);
+    info!(trust_domain = %ctx.config.trust_domain, "agentid operator started");
+    tokio::join!(controller::identity::run(ctx.clone()), controller::toolgrant::run(ctx));
+    info!("agentid operator stopped");
+    Ok(())
+}
+
+/// Starts the agent cache, the exceptions reloader and the HTTPS admission endpoint.
+pub async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Result<SocketAddr> {
+    // Admission judges workloads in every namespace, so it watches every AgentIdentity.
+    let (store, writer) = reflector::store();
+    let stream = reflector(writer, watcher(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                warn!(error = %e, "AgentIdentity watch error (retrying)");
+            }
+        }
+    });
+    store.wait_until_ready().await.map_err(|e| Error::Config(format!("AgentIdentity cache: {e}")))?;
+
+    let state = Arc::new(WebhookState {
+        agents: Arc::new(StoreDirectory(store)),
+        exceptions: RwLock::new(load_exceptions(&args.exceptions_file)?),
+        metrics,
+    });
+    if let Some(path) = args.exceptions_file.clone() {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut last = std::fs::read_to_string(&path).ok();
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let now = std::fs::read_to_string(&path).ok();
+                if now == last {
+                    continue;
+                }
+                match ExceptionSet::parse(now.as_deref().unwrap_or("")) {
+                    Ok(set) => {
+                        info!(exceptions = set.exceptions.len(), "admission exceptions reloaded");
+                        *state.exceptions.write().unwrap_or_else(|p| p.into_inner()) = set;
+                        last = now;
+                    }
+                    Err(e) => warn!(error = %e, "invalid exceptions file; keeping the previous exceptions"),
+                }
+            }
+        });
+    }
+    let reload_interval = match args.tls_cert_file {
+        Some(_) => Duration::from_secs(10),
+        None => Duration::from_secs(60),
+    };
+    let self_check_name = "localhost".to_string();
+    let cfg = ServeConfig {
+        addr: args.webhook_addr,
+        certs: args.cert_source(),
+        registration: args.registration()?,
+        self_check_name,
+        reload_interval,
+    };
+    webhook::serve(client, webhook::router(state), cfg, ready).await
+}

@@ -1,0 +1,167 @@
+//! ToolGrant controller: keeps each grant's phase, status and RBAC (a Role and
+//! RoleBinding for its agent's ServiceAccount while Active) in line, and wakes up
+//! at the grant's validity boundaries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+
+use super::Context;
+use super::identity::FINALIZER;
+use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant};
+use crate::core::grant::{self, ExistingRbac, RbacAction};
+use crate::core::identity::{PlanError, is_owned_by};
+use crate::error::{Error, Result};
+
+const KIND: &str = "ToolGrant";
+
+/// Runs the controller until the stream ends (shutdown).
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let grants: Api<ToolGrant> = ctx.config.api(client.clone());
+    let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
+    let roles: Api<Role> = ctx.config.api(client.clone());
+    let bindings: Api<RoleBinding> = ctx.config.api(client);
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(grants, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(roles, owned.clone())
+        .owns(bindings, owned)
+        // An agent that appears, goes, is suspended or resumed changes the phase of its grants.
+        .watches(agents, watcher::Config::default(), move |agent| grants_of(&store, &agent))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// The grants (known to the controller's own cache) whose agentRef names `agent`.
+fn grants_of(store: &Store<ToolGrant>, agent: &AgentIdentity) -> Vec<ObjectRef<ToolGrant>> {
+    store.state().iter().filter(|g| grant::is_for_agent(g, agent)).map(|g| ObjectRef::from_obj(g.as_ref())).collect()
+}
+
+#[instrument(skip_all, fields(namespace = grant.namespace().unwrap_or_default(), name = grant.name_any()))]
+pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = grant.namespace().ok_or(Error::Plan(PlanError::MissingField("metadata.namespace")))?;
+    let api: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
+    let res = finalizer(&api, FINALIZER, grant, |event| async {
+        match event {
+            FinalizerEvent::Apply(g) => apply(g, &ctx).await,
+            FinalizerEvent::Cleanup(g) => cleanup(g, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(KIND, started.elapsed().as_secs_f64());
+    res
+}
+
+async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
+    let ns = grant.namespace().unwrap_or_default();
+    let agents: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let rbac_name = grant::rbac_name(&grant.name_any());
+    // fetch
+    let agent = agents.get_opt(&grant.spec.agent_ref.name).await?;
+    let role = roles.get_opt(&rbac_name).await?;
+    let binding = bindings.get_opt(&rbac_name).await?;
+    // decide
+    let existing = ExistingRbac { role: role.as_ref(), binding: binding.as_ref() };
+    let plan = grant::plan(&grant, agent.as_ref(), existing, Timestamp::now())?;
+    // apply
+    match &plan.rbac {
+        RbacAction::Keep => {}
+        RbacAction::Apply { role, binding } => {
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            roles.patch(&plan.rbac_name, &pp, &Patch::Apply(role.as_ref())).await?;
+            bindings.patch(&plan.rbac_name, &pp, &Patch::Apply(binding.as_ref())).await?;
+            info!(rbac = %plan.rbac_name, "role and role binding applied");
+        }
+        RbacAction::Delete { role: delete_role, binding: delete_binding } => {
+            // The binding first: access ends with it.
+            if *delete_binding && let Some(b) = &binding {
+                delete_exactly(&bindings, b).await?;
+                info!(rbac = %plan.rbac_name, phase = ?plan.phase, "role binding deleted");
+            }
+            if *delete_role && let Some(r) = &role {
+                delete_exactly(&roles, r).await?;
+                info!(rbac = %plan.rbac_name, phase = ?plan.phase, "role deleted");
+            }
+        }
+    }
+    // status (only when it changed, so steady state costs no writes)
+    if grant.status.as_ref() != Some(&plan.status) {
+        let api: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({ "status": plan.status });
+        api.patch_status(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        ctx.publish(grant.as_ref(), "Reconcile", &plan.events).await;
+    }
+    // The phase changes at the next validity boundary without any watch event: wake up then.
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+/// Deletes exactly the object that was fetched (a uid precondition: never a
+/// same-named successor); an object already gone is fine.
+async fn delete_exactly<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: obj.meta().uid.clone(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&obj.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the grant's Role and RoleBinding; never objects of that name it does not own.
+async fn cleanup(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
+    let ns = grant.namespace().unwrap_or_default();
+    let uid = grant.uid().unwrap_or_default();
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let rbac_name = grant::rbac_name(&grant.name_any());
+    if let Some(b) = bindings.get_opt(&rbac_name).await?
+        && is_owned_by(&b.metadata, &uid)
+    {
+        delete_exactly(&bindings, &b).await?;
+        info!(rbac = %rbac_name, "role binding deleted");
+    }
+    if let Some(r) = roles.get_opt(&rbac_name).await?
+        && is_owned_by(&r.metadata, &uid)
+    {
+        delete_exactly(&roles, &r).await?;
+        info!(rbac = %rbac_name, "role deleted");
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(grant: Arc<ToolGrant>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(namespace = ?grant.namespace(), name = %grant.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(KIND, error.metric_label());
+    Action::requeue(Duration::from_secs(10))
+}

@@ -1,0 +1,192 @@
+//! The ValidatingWebhookConfiguration agentid keeps in the cluster: one webhook
+//! per enforcement mode, each scoped by namespace label, so the mode comes from
+//! the URL path and the handler needs no namespace cache.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchCondition, RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
+    WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+
+use super::verdict::{ENFORCEMENT_LABEL, Enforcement};
+use crate::api::{MANAGED_BY, MANAGED_BY_LABEL};
+
+/// Namespaces agentid never judges, whatever their labels.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// Where the apiserver reaches the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A base URL such as `https://127.0.0.1:8443` (local control plane, no Service routing).
+    Url(String),
+    /// The operator's Service.
+    Service { namespace: String, name: String, port: i32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Name of the ValidatingWebhookConfiguration.
+    pub name: String,
+    pub endpoint: Endpoint,
+    /// PEM CA bundle that signs the serving certificate.
+    pub ca_bundle: Vec<u8>,
+    /// The operator's own namespace: never judged.
+    pub operator_namespace: String,
+    /// The operator's ServiceAccount username, whose requests are never judged.
+    pub operator_user: Option<String>,
+    /// Extra label every judged namespace must carry (to run several installs, or tests, side by side).
+    pub scope: Option<(String, String)>,
+    pub timeout_seconds: i32,
+}
+
+/// Path of the workload webhook for a mode.
+pub fn path(mode: Enforcement) -> String {
+    format!("/validate/workloads/{mode}")
+}
+
+fn rule(group: &str, resources: &[&str], operations: &[&str]) -> RuleWithOperations {
+    RuleWithOperations {
+        api_groups: Some(vec![group.to_string()]),
+        api_versions: Some(vec!["v1".to_string()]),
+        operations: Some(operations.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        scope: Some("Namespaced".to_string()),
+    }
+}
+
+/// The desired ValidatingWebhookConfiguration.
+pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
+    let webhooks = Enforcement::ALL
+        .into_iter()
+        .map(|mode| {
+            let client_config = match &reg.endpoint {
+                Endpoint::Url(base) => WebhookClientConfig {
+                    url: Some(format!("{}{}", base.trim_end_matches('/'), path(mode))),
+                    ca_bundle: Some(ByteString(reg.ca_bundle.clone())),
+                    service: None,
+                },
+                Endpoint::Service { namespace, name, port } => WebhookClientConfig {
+                    url: None,
+                    ca_bundle: Some(ByteString(reg.ca_bundle.clone())),
+                    service: Some(ServiceReference {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        path: Some(path(mode)),
+                        port: Some(*port),
+                    }),
+                },
+            };
+            let mut excluded: Vec<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
+            excluded.push(reg.operator_namespace.clone());
+            let namespace_selector = LabelSelector {
+                match_labels: reg.scope.as_ref().map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())])),
+                match_expressions: Some(vec![
+                    LabelSelectorRequirement {
+                        key: ENFORCEMENT_LABEL.to_string(),
+                        operator: "In".to_string(),
+                        values: Some(vec![mode.as_str().to_string()]),
+                    },
+                    LabelSelectorRequirement {
+                        key: "kubernetes.io/metadata.name".to_string(),
+                        operator: "NotIn".to_string(),
+                        values: Some(excluded),
+                    },
+                ]),
+            };
+            let mut match_conditions = vec![MatchCondition {
+                name: "not-a-delete".into(),
+                expression: "request.operation != 'DELETE'".into(),
+            }];
+            if let Some(user) = &reg.operator_user {
+                match_conditions.push(MatchCondition {
+                    name: "not-agentid-itself".into(),
+                    expression: format!("request.userInfo.username != '{user}'"),
+                });
+            }
+            ValidatingWebhook {
+                name: format!("{mode}.workloads.agentid.dev"),
+                admission_review_versions: vec!["v1".into()],
+                client_config,
+                // A down webhook must not let unjudged workloads into enforced
+                // namespaces; warn and audit allow anyway, so they fail open.
+                failure_policy: Some(if mode == Enforcement::Enforce { "Fail" } else { "Ignore" }.into()),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(namespace_selector),
+                object_selector: None,
+                match_conditions: Some(match_conditions),
+                rules: Some(vec![
+                    rule("", &["pods"], &["CREATE", "UPDATE"]),
+                    rule("", &["pods/ephemeralcontainers"], &["UPDATE"]),
+                    rule("apps", &["deployments", "replicasets", "statefulsets", "daemonsets"], &["CREATE", "UPDATE"]),
+                    rule("batch", &["jobs", "cronjobs"], &["CREATE", "UPDATE"]),
+                ]),
+                side_effects: "None".into(),
+                timeout_seconds: Some(reg.timeout_seconds),
+            }
+        })
+        .collect();
+    ValidatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(reg.name.clone()),
+            labels: Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())])),
+            ..Default::default()
+        },
+        webhooks: Some(webhooks),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(endpoint: Endpoint) -> Registration {
+        Registration {
+            name: "agentid".into(),
+            endpoint,
+            ca_bundle: b"PEM".to_vec(),
+            operator_namespace: "agentid-system".into(),
+            operator_user: Some("system:serviceaccount:agentid-system:agentid".into()),
+            scope: None,
+            timeout_seconds: 5,
+        }
+    }
+
+    #[test]
+    fn one_webhook_per_mode_scoped_by_label_and_never_system_namespaces() {
+        let vwc = desired(&reg(Endpoint::Url("https://127.0.0.1:8443/".into())));
+        let hooks = vwc.webhooks.unwrap();
+        assert_eq!(hooks.len(), 3);
+        for (hook, mode) in hooks.iter().zip(Enforcement::ALL) {
+            assert_eq!(hook.client_config.url.as_deref(), Some(format!("https://127.0.0.1:8443/validate/workloads/{mode}").as_str()));
+            let exprs = hook.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
+            assert_eq!(exprs[0].values.as_ref().unwrap(), &vec![mode.as_str().to_string()]);
+            let excluded = exprs[1].values.as_ref().unwrap();
+            for ns in ["kube-system", "kube-public", "kube-node-lease", "agentid-system"] {
+                assert!(excluded.contains(&ns.to_string()));
+            }
+            assert_eq!(hook.timeout_seconds, Some(5));
+            assert_eq!(hook.side_effects, "None");
+        }
+        assert_eq!(hooks[0].failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(hooks[1].failure_policy.as_deref(), Some("Ignore"));
+        let resources: Vec<String> = hooks[0].rules.as_ref().unwrap().iter().flat_map(|r| r.resources.clone().unwrap()).collect();
+        for r in ["pods", "pods/ephemeralcontainers", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "cronjobs"] {
+            assert!(resources.contains(&r.to_string()), "{r}");
+        }
+    }
+
+    #[test]
+    fn service_endpoint_and_scope() {
+        let mut r = reg(Endpoint::Service { namespace: "agentid-system".into(), name: "agentid".into(), port: 443 });
+        r.scope = Some(("agentid.dev/test".into(), "a".into()));
+        let vwc = desired(&r);
+        let hook = &vwc.webhooks.as_ref().unwrap()[1];
+        let svc = hook.client_config.service.as_ref().unwrap();
+        assert_eq!(svc.path.as_deref(), Some("/validate/workloads/warn"));
+        assert!(hook.client_config.url.is_none());
+        assert_eq!(hook.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["agentid.dev/test"], "a");
+    }
+}

@@ -1,0 +1,347 @@
+//! `admission.k8s.io/v1` AdmissionReview in and out, and the pure decision
+//! that turns one into the other. The webhook's HTTP handler only parses,
+//! calls [`judge`], records and serializes.
+
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::exceptions::{ExceptionSet, ExceptionUse};
+use super::rules::{AgentDirectory, Violation, evaluate, new_violations};
+use super::verdict::{Enforcement, Verdict, decide};
+use super::workload::{Workload, from_object};
+
+/// The subset of an AdmissionReview request agentid reads.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<AdmissionRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<AdmissionResponse>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    pub uid: String,
+    #[serde(default)]
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub operation: String,
+    #[serde(default)]
+    pub user_info: UserInfo,
+    #[serde(default)]
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub old_object: Option<Value>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionResponse {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ResponseStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ResponseStatus {
+    pub code: u16,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Why a request body is not an AdmissionReview agentid can answer (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    #[error("malformed AdmissionReview: {0}")]
+    Malformed(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("unsupported AdmissionReview version {0:?}: expected admission.k8s.io/v1")]
+    Version(String),
+}
+
+/// Parses a request body.
+pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
+    let review: AdmissionReview = serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    if review.api_version != "admission.k8s.io/v1" {
+        return Err(ReviewError::Version(review.api_version));
+    }
+    review.request.ok_or(ReviewError::NoRequest)
+}
+
+/// Wraps a response into a full AdmissionReview.
+pub fn respond(response: AdmissionResponse) -> AdmissionReview {
+    AdmissionReview {
+        api_version: "admission.k8s.io/v1".into(),
+        kind: "AdmissionReview".into(),
+        request: None,
+        response: Some(response),
+    }
+}
+
+/// What a decision was, for logs and metrics (never contains secrets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub response: AdmissionResponse,
+    pub verdict: Verdict,
+    /// Kind, namespace and name of the judged object; `None` for objects that are not workloads.
+    pub subject: Option<(String, String, String)>,
+    pub violations: Vec<Violation>,
+    pub exceptions_used: Vec<ExceptionUse>,
+}
+
+fn allow(uid: &str) -> AdmissionResponse {
+    AdmissionResponse { uid: uid.to_string(), allowed: true, status: None, warnings: Vec::new() }
+}
+
+/// Decides one admission request under `mode`.
+///
+/// - Objects that carry no pod spec (any other kind) are allowed.
+/// - On UPDATE only violations the old object did not have count, so metadata
+///   changes to existing workloads are never blocked.
+/// - enforce denies with every violation, one per line; warn allows with one
+///   warning each; audit allows and only reports.
+pub fn judge(
+    req: &AdmissionRequest,
+    mode: Enforcement,
+    agents: &dyn AgentDirectory,
+    exceptions: &ExceptionSet,
+    now: Timestamp,
+) -> Judgement {
+    let plain_allow = |verdict| Judgement {
+        response: allow(&req.uid),
+        verdict,
+        subject: None,
+        violations: Vec::new(),
+        exceptions_used: Vec::new(),
+    };
+    if req.operation == "DELETE" || req.operation == "CONNECT" {
+        return plain_allow(Verdict::Allow);
+    }
+    let Some(object) = &req.object else { return plain_allow(Verdict::Allow) };
+    let workload = match from_object(object) {
+        Ok(Some(mut w)) => {
+            if w.namespace.is_none() {
+                w.namespace = req.namespace.clone();
+            }
+            if w.name.is_empty() {
+                w.name = req.name.clone().unwrap_or_default();
+            }
+            w
+        }
+        Ok(None) => return plain_allow(Verdict::Allow),
+        Err(e) => {
+            // The apiserver has already decoded the object, so this means a
+            // shape agentid does not understand: refuse in enforce mode rather
+            // than let an unjudged workload through.
+            let message = format!("agentid could not judge this object: {e}");
+            let response = match mode {
+                Enforcement::Enforce => AdmissionResponse {
+                    uid: req.uid.clone(),
+                    allowed: false,
+                    status: Some(ResponseStatus { code: 400, message, reason: "BadRequest".into() }),
+                    warnings: Vec::new(),
+                },
+                _ => AdmissionResponse { warnings: vec![message], ..allow(&req.uid) },
+            };
+            let verdict = if response.allowed { Verdict::Warn } else { Verdict::Deny };
+            return Judgement { response, verdict, subject: None, violations: Vec::new(), exceptions_used: Vec::new() };
+        }
+    };
+    let mut violations = evaluate(&workload, agents);
+    if req.operation == "UPDATE"
+        && let Some(Ok(Some(mut old))) = req.old_object.as_ref().map(from_object)
+    {
+        old.namespace = workload.namespace.clone();
+        old.name = workload.name.clone();
+        violations = new_violations(violations, &evaluate(&old, agents));
+    }
+    let (violations, exceptions_used) = exceptions.apply(&workload, violations, now);
+    let verdict = decide(mode, violations.len());
+    let response = match verdict {
+        Verdict::Allow => allow(&req.uid),
+        Verdict::Warn => AdmissionResponse {
+            warnings: violations.iter().map(|v| v.message.clone()).collect(),
+            ..allow(&req.uid)
+        },
+        Verdict::Deny => AdmissionResponse {
+            uid: req.uid.clone(),
+            allowed: false,
+            status: Some(ResponseStatus {
+                code: 403,
+                message: deny_message(&workload, &violations),
+                reason: "Forbidden".into(),
+            }),
+            warnings: Vec::new(),
+        },
+    };
+    Judgement {
+        response,
+        verdict,
+        subject: Some((workload.kind.clone(), workload.namespace.clone().unwrap_or_default(), workload.name.clone())),
+        violations,
+        exceptions_used,
+    }
+}
+
+/// The text the apiserver shows after `admission webhook "..." denied the request: `.
+pub fn deny_message(w: &Workload, violations: &[Violation]) -> String {
+    let mut rules: Vec<&str> = violations.iter().map(|v| v.rule.as_str()).collect();
+    rules.dedup();
+    let mut out = format!(
+        "{} {}/{} breaks {} agentid rule(s) ({}):",
+        w.kind,
+        w.namespace.as_deref().unwrap_or("default"),
+        w.name,
+        violations.len(),
+        rules.join(", ")
+    );
+    for v in violations {
+        out.push('\n');
+        out.push_str(&v.message);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::admission::rules::StaticDirectory;
+    use serde_json::json;
+
+    fn review(operation: &str, object: Value, old: Option<Value>) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+                "namespace": "agents", "operation": operation, "userInfo": {"username": "alice"},
+                "object": object, "oldObject": old}
+        }))
+        .unwrap()
+    }
+
+    fn deployment(env: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "agents"},
+            "spec": {"template": {"spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "x", "env": env}]}}}})
+    }
+
+    fn secret_env() -> Value {
+        json!([{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}])
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_900_000_000).unwrap()
+    }
+
+    fn run(body: &[u8], mode: Enforcement) -> Judgement {
+        judge(&parse(body).unwrap(), mode, &StaticDirectory::default(), &ExceptionSet::default(), now())
+    }
+
+    #[test]
+    fn enforce_denies_with_every_violation() {
+        let j = run(&review("CREATE", deployment(secret_env()), None), Enforcement::Enforce);
+        assert_eq!(j.verdict, Verdict::Deny);
+        assert!(!j.response.allowed);
+        let status = j.response.status.unwrap();
+        assert_eq!(status.code, 403);
+        assert!(status.message.starts_with("Deployment agents/web breaks 1 agentid rule(s) (static-secret-env):\n[agentid/static-secret-env]"), "{}", status.message);
+        assert_eq!(j.response.uid, "u-1");
+    }
+
+    #[test]
+    fn warn_allows_with_one_warning_per_violation_and_audit_allows_silently() {
+        let j = run(&review("CREATE", deployment(secret_env()), None), Enforcement::Warn);
+        assert!(j.response.allowed);
+        assert_eq!(j.response.warnings.len(), 1);
+        assert!(j.response.warnings[0].starts_with("[agentid/static-secret-env]"));
+        let j = run(&review("CREATE", deployment(secret_env()), None), Enforcement::Audit);
+        assert!(j.response.allowed && j.response.warnings.is_empty());
+        assert_eq!(j.violations.len(), 1, "audit still reports what it saw");
+    }
+
+    #[test]
+    fn clean_workloads_and_other_kinds_are_allowed() {
+        let j = run(&review("CREATE", deployment(json!([])), None), Enforcement::Enforce);
+        assert!(j.response.allowed);
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}});
+        let j = run(&review("CREATE", cm, None), Enforcement::Enforce);
+        assert!(j.response.allowed && j.subject.is_none());
+    }
+
+    #[test]
+    fn updates_are_judged_on_new_violations_only() {
+        let old = deployment(secret_env());
+        let mut new = old.clone();
+        new["metadata"]["labels"] = json!({"team": "x"});
+        let j = run(&review("UPDATE", new.clone(), Some(old.clone())), Enforcement::Enforce);
+        assert!(j.response.allowed, "a label change must not be blocked by an old violation");
+        new["spec"]["template"]["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": "s"}}]);
+        let j = run(&review("UPDATE", new, Some(old)), Enforcement::Enforce);
+        assert!(!j.response.allowed);
+        assert_eq!(j.violations.len(), 1);
+    }
+
+    #[test]
+    fn malformed_reviews_are_errors_not_panics() {
+        assert!(matches!(parse(b"not json"), Err(ReviewError::Malformed(_))));
+        assert!(matches!(parse(b"{}"), Err(ReviewError::Malformed(_))));
+        assert_eq!(
+            parse(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#).unwrap_err(),
+            ReviewError::Version("admission.k8s.io/v1beta1".into())
+        );
+        assert_eq!(parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).unwrap_err(), ReviewError::NoRequest);
+        // A workload whose pod spec does not decode: denied in enforce, warned otherwise.
+        let broken = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"}, "spec": {"template": {"spec": {"containers": 7}}}});
+        let j = run(&review("CREATE", broken.clone(), None), Enforcement::Enforce);
+        assert_eq!(j.response.status.unwrap().code, 400);
+        assert!(run(&review("CREATE", broken, None), Enforcement::Warn).response.allowed);
+    }
+
+    #[test]
+    fn responses_serialize_as_admission_reviews() {
+        let j = run(&review("CREATE", deployment(secret_env()), None), Enforcement::Enforce);
+        let v = serde_json::to_value(respond(j.response)).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["response"]["allowed"], false);
+        assert_eq!(v["response"]["status"]["code"], 403);
+        assert!(v.get("request").is_none());
+    }
+}

@@ -1,0 +1,295 @@
+//! The HTTPS admission endpoint: an axum router over the pure admission core,
+//! served with rustls. Every replica serves (no leader needed).
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum_server::tls_rustls::RustlsConfig;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client};
+use tracing::{error, info, warn};
+
+use crate::api::{AgentIdentity, FIELD_MANAGER};
+use crate::core::admission::exceptions::ExceptionSet;
+use crate::core::admission::registration::{self, Registration};
+use crate::core::admission::review::{self, Judgement};
+use crate::core::admission::rules::{AgentDirectory, AgentInfo};
+use crate::core::admission::verdict::{Enforcement, Verdict};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::probes::Readiness;
+use tls::{CertSource, TlsMaterial};
+
+/// Largest AdmissionReview body accepted: an object and its old version, each up to the apiserver's 3 MiB.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Shared state of the admission handlers.
+pub struct WebhookState {
+    pub agents: Arc<dyn AgentDirectory + Send + Sync>,
+    pub exceptions: RwLock<ExceptionSet>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The admission routes (no TLS here, so tests can drive it with `oneshot`).
+pub fn router(state: Arc<WebhookState>) -> Router {
+    Router::new()
+        .route("/validate/workloads/{mode}", post(validate_workloads))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn validate_workloads(Path(mode): Path<String>, State(s): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let mode = match mode.parse::<Enforcement>() {
+        Ok(m) => m,
+        Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
+    };
+    let req = match review::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.admission_bad_request(mode.as_str());
+            warn!(mode = %mode, error = %e, "refused a malformed AdmissionReview");
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        }
+    };
+    let judgement = {
+        let exceptions = s.exceptions.read().unwrap_or_else(|p| p.into_inner());
+        review::judge(&req, mode, s.agents.as_ref(), &exceptions, Timestamp::now())
+    };
+    record(&s.metrics, mode, &req.user_info.username, &judgement, started.elapsed());
+    axum::Json(review::respond(judgement.response)).into_response()
+}
+
+/// Metrics and the audit trail of one decision. Messages name rules and paths, never values.
+fn record(metrics: &Metrics, mode: Enforcement, user: &str, j: &Judgement, took: Duration) {
+    metrics.admission_reviewed(mode.as_str(), j.verdict.as_str(), took.as_secs_f64());
+    let Some((kind, namespace, name)) = &j.subject else { return };
+    for v in &j.violations {
+        metrics.admission_violation(mode.as_str(), v.rule.as_str());
+        if mode == Enforcement::Audit {
+            info!(target: "agentid::audit", mode = %mode, rule = %v.rule, kind, namespace, name, path = %v.path, user, "admission violation (audit: allowed)");
+        }
+    }
+    for u in &j.exceptions_used {
+        metrics.admission_exception_used(&u.exception, u.rule.as_str());
+        info!(target: "agentid::audit", exception = %u.exception, rule = %u.rule, kind, namespace, name, path = %u.path, user, reason = %u.reason, "admission exception applied");
+    }
+    if j.verdict == Verdict::Deny {
+        info!(mode = %mode, kind, namespace, name, user, violations = j.violations.len(), "denied");
+    }
+}
+
+/// An [`AgentDirectory`] over the operator's AgentIdentity cache.
+pub struct StoreDirectory(pub Store<AgentIdentity>);
+
+impl AgentDirectory for StoreDirectory {
+    fn agent(&self, namespace: &str, name: &str) -> Option<AgentInfo> {
+        self.0.get(&ObjectRef::new(name).within(namespace)).map(|a| AgentInfo::from_identity(&a))
+    }
+
+    fn agent_of_service_account(&self, namespace: &str, service_account: &str) -> Option<String> {
+        self.0
+            .state()
+            .iter()
+            .find(|a| a.metadata.namespace.as_deref() == Some(namespace) && a.service_account_name() == service_account)
+            .and_then(|a| a.metadata.name.clone())
+    }
+}
+
+/// How the HTTPS endpoint is served and registered.
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    pub certs: CertSource,
+    /// Registration of the ValidatingWebhookConfiguration; `None` leaves it to someone else.
+    pub registration: Option<Registration>,
+    /// Host name (or IP) the self-check connects with; must be in the certificate.
+    pub self_check_name: String,
+    /// How often certificates are looked at again.
+    pub reload_interval: Duration,
+}
+
+/// Applies the ValidatingWebhookConfiguration with the current CA bundle.
+pub async fn register(client: &Client, reg: &Registration) -> Result<()> {
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let desired = registration::desired(reg);
+    api.patch(&reg.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
+    info!(name = %reg.name, "webhook configuration registered");
+    Ok(())
+}
+
+/// Serves the router over TLS until the process ends: loads the certificate,
+/// starts listening, proves TLS works (then marks the webhook ready), registers
+/// the webhook, and reloads renewed certificates without a restart.
+pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc<Readiness>) -> Result<SocketAddr> {
+    let material = cfg.certs.load(&client).await?;
+    let rustls = RustlsConfig::from_pem(material.cert_pem.clone(), material.key_pem.clone()).await.map_err(|e| Error::Tls(e.to_string()))?;
+    let listener = std::net::TcpListener::bind(cfg.addr)?;
+    let addr = listener.local_addr()?;
+    let server = axum_server::from_tcp_rustls(listener, rustls.clone())?;
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            error!(error = %e, "webhook server stopped");
+        }
+    });
+    info!(%addr, "serving admission webhook over TLS");
+
+    if let Some(ca) = &material.ca_pem {
+        let mut last = None;
+        for _ in 0..50 {
+            match tls::self_check(addr, ca, &cfg.self_check_name).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(e) = last {
+            return Err(Error::Tls(format!("webhook does not serve TLS as expected: {e}")));
+        }
+    }
+    if let (Some(reg), Some(ca)) = (cfg.registration.as_mut(), &material.ca_pem) {
+        reg.ca_bundle = ca.clone();
+        register(&client, reg).await?;
+    }
+    ready.webhook.store(true, Ordering::Release);
+
+    tokio::spawn(reload_loop(client, cfg, rustls, material));
+    Ok(addr)
+}
+
+async fn reload_loop(client: Client, mut cfg: ServeConfig, rustls: RustlsConfig, mut current: TlsMaterial) {
+    loop {
+        tokio::time::sleep(cfg.reload_interval).await;
+        let fresh = match cfg.certs.load(&client).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "could not load the webhook certificate; keeping the current one");
+                continue;
+            }
+        };
+        if fresh == current {
+            continue;
+        }
+        if let Err(e) = rustls.reload_from_pem(fresh.cert_pem.clone(), fresh.key_pem.clone()).await {
+            warn!(error = %e, "could not reload the webhook certificate; keeping the current one");
+            continue;
+        }
+        info!(not_after = ?fresh.not_after, "webhook certificate reloaded");
+        if fresh.ca_pem != current.ca_pem
+            && let (Some(reg), Some(ca)) = (cfg.registration.as_mut(), &fresh.ca_pem)
+        {
+            reg.ca_bundle = ca.clone();
+            if let Err(e) = register(&client, reg).await {
+                warn!(error = %e, "could not update the webhook caBundle");
+                continue;
+            }
+        }
+        current = fresh;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::admission::rules::StaticDirectory;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    fn app() -> (Router, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let state = Arc::new(WebhookState {
+            agents: Arc::new(StaticDirectory::default()),
+            exceptions: RwLock::new(ExceptionSet::default()),
+            metrics: metrics.clone(),
+        });
+        (router(state), metrics)
+    }
+
+    async fn post(app: Router, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let req = Request::post(path).header("content-type", "application/json").body(Body::from(body)).unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        let status = res.status();
+        (status, res.into_body().collect().await.unwrap().to_bytes().to_vec())
+    }
+
+    fn review(object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "abc", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "agents",
+                "operation": "CREATE", "userInfo": {"username": "dev"}, "object": object}}))
+        .unwrap()
+    }
+
+    fn pod(extra_env: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "agents"},
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "c", "image": "x", "env": extra_env}]}})
+    }
+
+    #[tokio::test]
+    async fn enforce_denies_and_metrics_count_it() {
+        let (app, metrics) = app();
+        let env = json!([{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]);
+        let (status, body) = post(app, "/validate/workloads/enforce", review(pod(env))).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["uid"], "abc");
+        assert_eq!(v["response"]["allowed"], false);
+        assert!(v["response"]["status"]["message"].as_str().unwrap().contains("[agentid/static-secret-env]"));
+        let text = metrics.encode();
+        assert!(text.contains("agentid_admission_violations_total{mode=\"enforce\",rule=\"static-secret-env\"} 1"), "{text}");
+        assert!(text.contains("agentid_admission_requests_total{mode=\"enforce\",verdict=\"deny\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_get_400_with_a_clear_message() {
+        let (app, _) = app();
+        let (status, body) = post(app.clone(), "/validate/workloads/enforce", b"{not json".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&body).starts_with("malformed AdmissionReview"));
+        let (status, _) = post(app.clone(), "/validate/workloads/enforce", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = post(app, "/validate/workloads/strict", review(pod(json!([])))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn unknown_kinds_are_allowed() {
+        let (app, _) = app();
+        let obj = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}});
+        let (status, body) = post(app, "/validate/workloads/enforce", review(obj)).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+    }
+
+    #[tokio::test]
+    async fn a_one_mebibyte_pod_is_judged() {
+        let (app, _) = app();
+        let big = "x".repeat(1024 * 1024);
+        let env = json!([{"name": "BLOB", "value": big}, {"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]);
+        let body = review(pod(env));
+        assert!(body.len() > 1024 * 1024);
+        let (status, body) = post(app, "/validate/workloads/enforce", body).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["allowed"], false, "judged, and the secret reference found past the 1 MiB value");
+    }
+}
