@@ -29,6 +29,8 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Judge manifests offline with the admission rules (exit 0 ok, 1 denied, 2 invalid input).
+    Check(agentid::cli::check::CheckArgs),
     /// Print the version.
     Version,
 }
@@ -42,6 +44,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crdgen { out_dir } => crdgen(out_dir),
+        Command::Check(args) => {
+            ExitCode::from(agentid::cli::check::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
+        }
         Command::Run(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             match rt.block_on(agentid::cli::run::run(*args)) {

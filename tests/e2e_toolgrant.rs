@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Config};
+use serde::Deserialize;
 use serde_json::json;
 use support::*;
 
@@ -46,7 +47,7 @@ struct Fixture {
     grants: Api<ToolGrant>,
     roles: Api<Role>,
     bindings: Api<RoleBinding>,
-    _op: Operator,
+    op: Operator,
 }
 
 async fn fixture(prefix: &str) -> Fixture {
@@ -59,7 +60,7 @@ async fn fixture(prefix: &str) -> Fixture {
         bindings: Api::namespaced(env.client.clone(), &env.ns),
         client: env.client,
         ns: env.ns,
-        _op: op,
+        op,
     }
 }
 
@@ -271,4 +272,67 @@ async fn foreign_role_of_the_same_name_is_never_taken_over() {
     wait_until(TIMEOUT, "grant gone", || async { f.grants.get_opt("read-config").await.ok()?.is_none().then_some(()) })
         .await;
     assert!(f.roles.get_opt("agentid-grant-read-config").await.unwrap().is_some(), "foreign Role was deleted");
+}
+
+/// The operator, running as a user that holds nothing but the ClusterRole of config/rbac/role.yaml, can
+/// still put arbitrary grant rules in place (it holds `bind` and `escalate`, not the rules) and remove them.
+#[tokio::test]
+async fn operator_cluster_role_suffices_for_grants() {
+    let env = env("tg-rbac").await;
+    let admin = env.client.clone();
+    let shipped: ClusterRole = serde_norway::Deserializer::from_str(include_str!("../config/rbac/role.yaml"))
+        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+        .find(|v| v["kind"] == "ClusterRole")
+        .map(|v| serde_json::from_value(v).unwrap())
+        .expect("config/rbac/role.yaml has a ClusterRole");
+    // The same rules under a name of this test's own, bound to a user of its own.
+    let name = format!("agentid-operator-{}", env.ns);
+    let user = format!("agentid-rbac-check-{}", env.ns);
+    let role = ClusterRole { metadata: from_yaml(&format!("name: {name}")), ..shipped };
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    let cluster_roles: Api<ClusterRole> = Api::all(admin.clone());
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
+    cluster_roles.create(&PostParams::default(), &role).await.unwrap();
+    cluster_bindings.create(&PostParams::default(), &binding).await.unwrap();
+
+    let mut config = Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(user);
+    let operator_client = Client::try_from(config).unwrap();
+    let ns = env.ns.clone();
+    // In a task of its own, so the cluster-scoped objects above are removed even when it fails.
+    let outcome = tokio::spawn(async move {
+        let f = Fixture {
+            agents: Api::namespaced(admin.clone(), &ns),
+            grants: Api::namespaced(admin.clone(), &ns),
+            roles: Api::namespaced(admin.clone(), &ns),
+            bindings: Api::namespaced(admin.clone(), &ns),
+            client: admin,
+            op: start_operator(&operator_client, operator_config(&ns)),
+            ns,
+        };
+        f.create_agent("triage").await;
+        f.create_grant("read-config", "triage", "").await;
+        f.wait_phase("read-config", GrantPhase::Active, "Active").await;
+        assert!(f.agent_can_get_configmaps("triage").await);
+        f.grants.delete("read-config", &DeleteParams::default()).await.unwrap();
+        wait_until(TIMEOUT, "grant and its RBAC gone", || async {
+            let gone = f.grants.get_opt("read-config").await.ok()?.is_none();
+            (gone && f.rbac("read-config").await == (false, false)).then_some(())
+        })
+        .await;
+        let metrics = f.op.metrics.encode();
+        assert!(!metrics.contains("api_forbidden"), "the operator was refused something:\n{metrics}");
+    })
+    .await;
+
+    cluster_bindings.delete(&name, &DeleteParams::default()).await.unwrap();
+    cluster_roles.delete(&name, &DeleteParams::default()).await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }

@@ -1,3 +1,4 @@
 //! Subcommands of the `agentid` binary that are more than a line.
 
+pub mod check;
 pub mod run;

@@ -64,7 +64,9 @@
 //!   (templates), `%VAR%`, `<your-token>`, `***`, `...`, values containing `changeme`, `replace_me`,
 //!   `placeholder`, `example`, `your`, `xxxx`, `dummy`, `redacted`, `todo`, `fixme`; values with at
 //!   most 3 distinct characters; values made only of letters and `_.-` (plain words, booleans,
-//!   `REPLACE_ME`); numbers, dates and IP addresses (only digits and `.,:+-/_`); empty values.
+//!   `REPLACE_ME`, `CorrectHorseBatteryStaple`) — except case-randomised ones that look generated
+//!   (16+ letters, 25–75 % upper case); numbers, dates and IP addresses (only digits and `.,:+-/_`);
+//!   empty values.
 //! - Specific detectors skip matches whose secret part is obviously fake: at most 3 distinct
 //!   characters, or containing `xxxx`, `example` (so AWS's `AKIAIOSFODNN7EXAMPLE` and
 //!   `wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY`), `your`, `placeholder`, `changeme`, `replace`,
@@ -208,7 +210,7 @@ static RULES: LazyLock<[Rule; 11]> = LazyLock::new(|| {
         ),
         rule(
             GITHUB_TOKEN,
-            &["gh"],
+            &["gh", "github_pat_"],
             40,
             r"(?-u:\b)(?:gh[pousr]_([A-Za-z0-9]{36})|github_pat_([A-Za-z0-9_]{82}))(?-u:\b)",
             accept_body,
@@ -747,13 +749,21 @@ fn is_placeholder(v: &str) -> bool {
     if v.contains('<') && v.contains('>') {
         return true;
     }
-    if b.iter().all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.' | b'-')) {
+    if b.iter().all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.' | b'-')) && !random_letters(b) {
         return true;
     }
     if b.iter().all(|&c| c.is_ascii_digit() || matches!(c, b'.' | b',' | b':' | b'+' | b'-' | b'/' | b'_')) {
         return true;
     }
     distinct_at_most(b, 3) || contains_any_ci(v, PLACEHOLDER_MARKERS)
+}
+
+/// Letters-only values are words (`changeme`, `REPLACE_ME`, `CorrectHorseBatteryStaple`) unless they are
+/// long and case-randomised like generated secrets: 16+ letters, 25–75 % of them upper case.
+fn random_letters(b: &[u8]) -> bool {
+    let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
+    let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count();
+    letters >= 16 && upper * 4 >= letters && upper * 4 <= letters * 3
 }
 
 fn is_email(v: &str) -> bool {
@@ -862,13 +872,15 @@ mod tests {
 
     impl Rng {
         fn new(seed: u64) -> Self {
-            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+            Rng(seed)
         }
+        /// splitmix64
         fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
         }
         fn string(&mut self, len: usize, alphabet: &[u8]) -> String {
             (0..len).map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char).collect()
@@ -969,8 +981,9 @@ mod tests {
     fn jwt(seed: u64) -> String {
         jwt_with(r#"{"sub":"system:serviceaccount:agents:bot","iat":1700000000}"#, seed)
     }
+    /// 24 random alphanumerics, at least one of them a digit.
     fn secret(seed: u64) -> String {
-        rand(seed, 24, ALNUM)
+        format!("{}{}", rand(seed, 22, ALNUM), rand(seed + 1000, 2, DIGITS))
     }
 
     // --- specific detectors: true positives ------------------------------------------------
@@ -1259,6 +1272,9 @@ mod tests {
         assert_eq!(id(scan_value(Some("ADMIN_PASSWORD"), "Tr0ub4dor&3")), Some("generic-secret"));
         assert_eq!(id(scan_value(Some("AUTHORIZATION"), &format!("Bearer {}", secret(52)))), Some("generic-secret"));
         assert_eq!(id(scan_value(Some("DB_PASSWORD"), &format!("\"{}\"", secret(53)))), Some("generic-secret"));
+        // letters only, but generated: case-randomised
+        assert_eq!(id(scan_value(Some("DB_PASSWORD"), &rand(55, 24, &ALNUM[..52]))), Some("generic-secret"));
+        assert_eq!(id(scan_value(Some("DB_PASSWORD"), "SuperSecretPasswordForProd")), None);
     }
 
     #[test]
@@ -1573,15 +1589,5 @@ mod tests {
             }
         }
         println!("scan_value: {:?} per pod", t.elapsed() / rounds);
-    }
-}
-#[cfg(test)]
-mod dbg_tmp {
-    #[test]
-    fn dbg() {
-        let s = "Abcdefgh1234XYZqrs7890ab";
-        for t in [format!("{{\"api_key\":\"{s}\"}}"), format!("\"api_key\":\"{s}\""), format!("api_key: \"{s}\"")] {
-            eprintln!("{t} -> {:?}", super::scan_text(&t));
-        }
     }
 }
