@@ -1,0 +1,220 @@
+//! The admission webhook through the real kube-apiserver: the operator serves
+//! HTTPS on 127.0.0.1, registers its ValidatingWebhookConfiguration with a
+//! `url:` client config, and kubectl sees denials and warnings.
+#![cfg(feature = "e2e")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use support::*;
+
+use agentid::api::AgentIdentity;
+use agentid::cli::run::{RunArgs, start_webhook};
+use agentid::metrics::Metrics;
+use agentid::probes::Readiness;
+
+/// A webhook instance scoped to namespaces labeled `agentid.dev/test-scope=<scope>`.
+struct Webhook {
+    client: Client,
+    name: String,
+    scope: String,
+    metrics: Arc<Metrics>,
+    operator_ns: String,
+}
+
+impl Webhook {
+    async fn start(client: &Client, scope: &str) -> Webhook {
+        let operator_ns = namespace(client, "agentid-op").await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let name = format!("agentid-test-{scope}");
+        let args = RunArgs {
+            trust_domain: "cluster.local".into(),
+            probe_addr: "127.0.0.1:0".parse().unwrap(),
+            watch_namespace: None,
+            instance: None,
+            operator_namespace: operator_ns.clone(),
+            service_account: "agentid".into(),
+            no_webhook: false,
+            webhook_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            webhook_url: Some(format!("https://127.0.0.1:{port}")),
+            webhook_service: "agentid".into(),
+            webhook_configuration: name.clone(),
+            no_webhook_registration: false,
+            webhook_scope: Some(format!("agentid.dev/test-scope={scope}")),
+            tls_cert_file: None,
+            tls_key_file: None,
+            ca_bundle_file: None,
+            exceptions_file: None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let ready = Arc::new(Readiness::default());
+        start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await.expect("webhook starts");
+        assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
+        let w = Webhook { client: client.clone(), name, scope: scope.to_string(), metrics, operator_ns };
+        w.label(&w.operator_ns.clone(), Some("enforce")).await;
+        w
+    }
+
+    /// Labels a namespace into this webhook's scope with a mode (or only the scope).
+    async fn label(&self, ns: &str, mode: Option<&str>) {
+        let mut labels = BTreeMap::from([("agentid.dev/test-scope".to_string(), self.scope.clone())]);
+        if let Some(m) = mode {
+            labels.insert("agentid.dev/enforcement".into(), m.into());
+        }
+        let patch = serde_json::json!({"metadata": {"labels": labels}});
+        Api::<Namespace>::all(self.client.clone()).patch(ns, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+
+    async fn stop(self) {
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        api.delete(&self.name, &DeleteParams::default()).await.unwrap();
+    }
+}
+
+fn kubectl(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH (make test puts .cache/bin there)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn bad_deployment(ns: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: billing, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: billing}}}}
+  template:
+    metadata: {{labels: {{app: billing}}}}
+    spec:
+      containers:
+      - name: app
+        image: registry.example.com/billing:1
+        env:
+        - {{name: LOG_LEVEL, value: info}}
+        - name: DB_PASSWORD
+          valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
+"
+    )
+}
+
+fn good_agent_pod(ns: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: triage, namespace: {ns}, labels: {{agentid.dev/agent: triage}}}}
+spec:
+  serviceAccountName: agent-triage
+  automountServiceAccountToken: false
+  containers:
+  - name: agent
+    image: registry.example.com/triage:1
+    volumeMounts: [{{name: token, mountPath: /var/run/agentid}}]
+  volumes:
+  - name: token
+    projected:
+      sources:
+      - serviceAccountToken: {{audience: https://tools.example.com, expirationSeconds: 600, path: token}}
+"
+    )
+}
+
+// kubectl runs as a blocking child process: the webhook needs other threads to answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_enforces_warns_and_audits_through_the_apiserver() {
+    let env = env("webhook").await;
+    let hook = Webhook::start(&env.client, &env.ns).await;
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // enforce: kubectl apply is refused, listing the rule ids.
+    hook.label(&env.ns, Some("enforce")).await;
+    let out = kubectl(&["apply", "-f", "-"], &bad_deployment(&env.ns));
+    assert!(!out.status.success(), "bad Deployment was admitted");
+    let msg = stderr(&out);
+    assert!(msg.contains("denied the request"), "{msg}");
+    assert!(msg.contains("[agentid/static-secret-env]") && msg.contains("[agentid/default-service-account]"), "{msg}");
+    assert!(msg.contains("spec.template.spec.containers[0].env[1] (DB_PASSWORD)"), "{msg}");
+    assert!(!msg.contains("password\n") && !msg.contains("valueFrom"), "messages name paths, not values");
+
+    // warn: allowed, and kubectl prints one Warning: line per violation.
+    let warn_ns = namespace(&env.client, "webhook-warn").await;
+    hook.label(&warn_ns, Some("warn")).await;
+    let out = kubectl(&["apply", "-f", "-"], &bad_deployment(&warn_ns));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let msg = stderr(&out);
+    let warnings: Vec<&str> = msg.lines().filter(|l| l.starts_with("Warning: [agentid/")).collect();
+    assert_eq!(warnings.len(), 2, "{msg}");
+
+    // audit: allowed silently, recorded in metrics.
+    let audit_ns = namespace(&env.client, "webhook-audit").await;
+    hook.label(&audit_ns, Some("audit")).await;
+    let out = kubectl(&["apply", "-f", "-"], &bad_deployment(&audit_ns));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("Warning"), "{}", stderr(&out));
+    let metrics = hook.metrics.encode();
+    assert!(metrics.contains("agentid_admission_violations_total{mode=\"audit\",rule=\"static-secret-env\"} 1"), "{metrics}");
+
+    // Unlabeled namespaces and the operator's own namespace are untouched.
+    let free_ns = namespace(&env.client, "webhook-free").await;
+    hook.label(&free_ns, None).await;
+    let out = kubectl(&["apply", "-f", "-"], &bad_deployment(&free_ns));
+    assert!(out.status.success() && !stderr(&out).contains("Warning"), "{}", stderr(&out));
+    let out = kubectl(&["apply", "-f", "-"], &bad_deployment(&hook.operator_ns));
+    assert!(out.status.success(), "operator namespace must never be judged: {}", stderr(&out));
+
+    // A good agent pod passes in enforce mode once its AgentIdentity exists.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let pod: Pod = from_yaml(&good_agent_pod(&env.ns));
+    let err = pods.create(&PostParams::default(), &pod).await.unwrap_err().to_string();
+    assert!(err.contains("[agentid/unknown-agent]"), "{err}");
+    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
+    let agent: AgentIdentity = from_yaml(
+        "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: triage}\nspec: {owner: team, audiences: [https://tools.example.com]}",
+    );
+    agents.create(&PostParams::default(), &agent).await.unwrap();
+    wait_until(std::time::Duration::from_secs(20), "webhook sees the new agent", || async {
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(s)) if s.message.contains("unknown-agent") => None,
+            Err(e) => panic!("good agent pod refused: {e}"),
+        }
+    })
+    .await;
+
+    // A suspended agent's pods are refused with their own reason.
+    let patch = serde_json::json!({"spec": {"suspended": true}});
+    agents.patch("triage", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    // The webhook's cache follows the change within moments; until then a pod may still get in.
+    let mut attempt = 0;
+    let err = wait_until(std::time::Duration::from_secs(20), "suspension seen", || {
+        attempt += 1;
+        let mut p = pod.clone();
+        p.metadata.name = Some(format!("triage-{attempt}"));
+        let pods = pods.clone();
+        async move {
+            match pods.create(&PostParams::default(), &p).await {
+                Err(kube::Error::Api(s)) if s.message.contains("suspended") => Some(s.message),
+                Ok(_) => None,
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(err.contains("[agentid/unknown-agent]"), "{err}");
+
+    hook.stop().await;
+}
