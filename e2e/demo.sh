@@ -21,8 +21,15 @@ say "starting the operator (logs: $dir/logs/agentid.log)"
 if [ -f "$dir/pids/agentid" ] && kill -0 "$(cat "$dir/pids/agentid")" 2>/dev/null; then
   kill "$(cat "$dir/pids/agentid")"; sleep 1
 fi
-probe_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-setsid target/release/agentid run --probe-addr "127.0.0.1:$probe_port" >"$dir/logs/agentid.log" 2>&1 </dev/null &
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+probe_port=$(free_port)
+webhook_port=$(free_port)
+kubectl create namespace agentid-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# No Service routes to a process on this machine: the webhook is registered by URL.
+setsid target/release/agentid run --operator-namespace agentid-system \
+  --probe-addr "127.0.0.1:$probe_port" \
+  --webhook-addr "127.0.0.1:$webhook_port" --webhook-url "https://127.0.0.1:$webhook_port" \
+  >"$dir/logs/agentid.log" 2>&1 </dev/null &
 echo $! > "$dir/pids/agentid"
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$probe_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -fsS "http://127.0.0.1:$probe_port/readyz" >/dev/null || { tail -20 "$dir/logs/agentid.log"; exit 1; }
@@ -43,6 +50,13 @@ say "events"
 kubectl get events -n agents --field-selector involvedObject.kind=AgentIdentity
 say "grants"
 kubectl get toolgrants -n agents
+
+say "admission: a Deployment with a static secret and the default ServiceAccount (namespace agents is enforced)"
+kubectl apply -f config/samples/bad-deployment.yaml || true
+say "admission: the same agent done right"
+kubectl apply -f config/samples/good-deployment.yaml
+say "offline: agentid check config/samples/ (what GitOps CI runs)"
+target/release/agentid check config/samples/ || true
 
 cat <<EOM
 

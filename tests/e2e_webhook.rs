@@ -218,3 +218,74 @@ async fn webhook_enforces_warns_and_audits_through_the_apiserver() {
 
     hook.stop().await;
 }
+
+/// A client acting as `user` (impersonated by the admin credentials of the test kubeconfig).
+async fn client_as(user: &str) -> Client {
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toolgrants_cannot_escalate_beyond_their_author() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let env = env("escalation").await;
+    let hook = Webhook::start(&env.client, &env.ns).await;
+    hook.label(&env.ns, None).await;
+
+    // dev may manage ToolGrants and read ConfigMaps in this namespace, nothing more.
+    let role: Role = from_yaml(
+        "metadata: {name: grant-author}\nrules:\n- {apiGroups: [agentid.dev], resources: [toolgrants], verbs: [get, list, create, update, patch]}\n- {apiGroups: [''], resources: [configmaps], verbs: [get, list]}",
+    );
+    Api::<Role>::namespaced(env.client.clone(), &env.ns).create(&PostParams::default(), &role).await.unwrap();
+    let binding: RoleBinding = from_yaml(
+        "metadata: {name: grant-author}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: grant-author}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: dev}]",
+    );
+    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns).create(&PostParams::default(), &binding).await.unwrap();
+
+    let dev = client_as("dev").await;
+    let grants: Api<agentid::api::ToolGrant> = Api::namespaced(dev, &env.ns);
+    let grant = |name: &str, resource: &str| -> agentid::api::ToolGrant {
+        from_yaml(&format!(
+            "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {{name: {name}}}\nspec:\n  agentRef: {{name: bot}}\n  kubernetesRules: [{{apiGroups: [''], resources: [{resource}], verbs: [get]}}]\n"
+        ))
+    };
+    grants.create(&PostParams::default(), &grant("read-config", "configmaps")).await.expect("dev holds get configmaps");
+    let err = grants.create(&PostParams::default(), &grant("read-secrets", "secrets")).await.unwrap_err().to_string();
+    assert!(err.contains("[agentid/toolgrant-escalation] dev may not grant permissions they do not hold"), "{err}");
+    assert!(err.contains("get core/secrets"), "{err}");
+
+    // An agent's own ServiceAccount can never create grants, whatever RBAC it has.
+    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
+    let bot: AgentIdentity = from_yaml(
+        "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: bot}\nspec: {owner: team, audiences: [x]}",
+    );
+    agents.create(&PostParams::default(), &bot).await.unwrap();
+    let mut sa_binding = binding.clone();
+    sa_binding.metadata.name = Some("bot-too".into());
+    sa_binding.subjects = Some(vec![k8s_openapi::api::rbac::v1::Subject {
+        kind: "ServiceAccount".into(),
+        name: "agent-bot".into(),
+        namespace: Some(env.ns.clone()),
+        api_group: None,
+    }]);
+    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns).create(&PostParams::default(), &sa_binding).await.unwrap();
+    let bot_grants: Api<agentid::api::ToolGrant> =
+        Api::namespaced(client_as(&format!("system:serviceaccount:{}:agent-bot", env.ns)).await, &env.ns);
+    let err = wait_until(std::time::Duration::from_secs(20), "agent SA refused", || async {
+        match bot_grants.create(&PostParams::default(), &grant("self-grant", "configmaps")).await {
+            Err(kube::Error::Api(s)) if s.message.contains("agents can never create or change ToolGrants") => Some(s.message),
+            Ok(g) => {
+                // The webhook's cache had not seen the agent yet: undo and retry.
+                let _ = Api::<agentid::api::ToolGrant>::namespaced(env.client.clone(), &env.ns)
+                    .delete(&g.metadata.name.unwrap(), &DeleteParams::default())
+                    .await;
+                None
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    })
+    .await;
+    assert!(err.contains("agent-bot"), "{err}");
+    hook.stop().await;
+}

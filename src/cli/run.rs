@@ -198,6 +198,7 @@ pub async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>
 
     let state = Arc::new(WebhookState {
         agents: Arc::new(StoreDirectory(store)),
+        reviewer: Arc::new(webhook::SubjectAccessReviewer(client.clone())),
         exceptions: RwLock::new(load_exceptions(&args.exceptions_file)?),
         metrics,
     });

@@ -22,7 +22,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use tracing::{error, info, warn};
 
-use crate::api::{AgentIdentity, FIELD_MANAGER};
+use crate::api::{AgentIdentity, FIELD_MANAGER, ToolGrant};
+use crate::core::admission::grants::{self, GrantRefusal};
+use crate::core::admission::review::{AdmissionRequest, AdmissionResponse, ResponseStatus, UserInfo};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use kube::api::PostParams;
 use crate::core::admission::exceptions::ExceptionSet;
 use crate::core::admission::registration::{self, Registration};
 use crate::core::admission::review::{self, Judgement};
@@ -36,9 +42,40 @@ use tls::{CertSource, TlsMaterial};
 /// Largest AdmissionReview body accepted: an object and its old version, each up to the apiserver's 3 MiB.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
+/// Answers "may this user do that?" (a SubjectAccessReview in production).
+pub trait AccessReviewer: Send + Sync {
+    fn allowed<'a>(&'a self, user: &'a UserInfo, attributes: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>>;
+}
+
+/// [`AccessReviewer`] backed by the apiserver's SubjectAccessReview.
+pub struct SubjectAccessReviewer(pub Client);
+
+impl AccessReviewer for SubjectAccessReviewer {
+    fn allowed<'a>(&'a self, user: &'a UserInfo, attributes: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let sar = SubjectAccessReview {
+                metadata: Default::default(),
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.username.clone()),
+                    groups: Some(user.groups.clone()),
+                    uid: user.uid.clone(),
+                    extra: user.extra.clone(),
+                    resource_attributes: Some(attributes.clone()),
+                    non_resource_attributes: None,
+                },
+                status: None,
+            };
+            let api: Api<SubjectAccessReview> = Api::all(self.0.clone());
+            let res = api.create(&PostParams::default(), &sar).await.map_err(|e| e.to_string())?;
+            Ok(res.status.is_some_and(|s| s.allowed))
+        })
+    }
+}
+
 /// Shared state of the admission handlers.
 pub struct WebhookState {
     pub agents: Arc<dyn AgentDirectory + Send + Sync>,
+    pub reviewer: Arc<dyn AccessReviewer>,
     pub exceptions: RwLock<ExceptionSet>,
     pub metrics: Arc<Metrics>,
 }
@@ -47,6 +84,7 @@ pub struct WebhookState {
 pub fn router(state: Arc<WebhookState>) -> Router {
     Router::new()
         .route("/validate/workloads/{mode}", post(validate_workloads))
+        .route(registration::TOOLGRANT_PATH, post(validate_toolgrants))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -72,6 +110,78 @@ async fn validate_workloads(Path(mode): Path<String>, State(s): State<Arc<Webhoo
     };
     record(&s.metrics, mode, &req.user_info.username, &judgement, started.elapsed());
     axum::Json(review::respond(judgement.response)).into_response()
+}
+
+fn deny(uid: &str, code: u16, message: String) -> AdmissionResponse {
+    AdmissionResponse {
+        uid: uid.to_string(),
+        allowed: false,
+        status: Some(ResponseStatus { code, message, reason: if code == 403 { "Forbidden".into() } else { "BadRequest".into() } }),
+        warnings: Vec::new(),
+    }
+}
+
+/// The ToolGrant escalation check.
+async fn validate_toolgrants(State(s): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let req = match review::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.admission_bad_request("toolgrant");
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        }
+    };
+    let response = judge_toolgrant(&s, &req).await;
+    let verdict = if response.allowed { "allow" } else { "deny" };
+    s.metrics.admission_reviewed("toolgrant", verdict, 0.0);
+    if !response.allowed {
+        info!(namespace = ?req.namespace, name = ?req.name, user = %req.user_info.username, "ToolGrant refused");
+    }
+    axum::Json(review::respond(response)).into_response()
+}
+
+async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionResponse {
+    let allow = AdmissionResponse { uid: req.uid.clone(), allowed: true, ..Default::default() };
+    let Some(object) = &req.object else { return allow };
+    let grant: ToolGrant = match serde_json::from_value(object.clone()) {
+        Ok(g) => g,
+        Err(e) => return deny(&req.uid, 400, format!("agentid could not read this ToolGrant: {e}")),
+    };
+    let namespace = req.namespace.clone().or_else(|| grant.metadata.namespace.clone()).unwrap_or_default();
+    if let Some((sa_ns, sa)) = grants::service_account_of(&req.user_info)
+        && let Some(agent) = s.agents.agent_of_service_account(sa_ns, sa)
+    {
+        let refusal = GrantRefusal::AgentRequester { user: req.user_info.username.clone(), agent };
+        return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {refusal}"));
+    }
+    // Metadata-only updates (labels, finalizers) change no permission.
+    if req.operation == "UPDATE"
+        && let Some(old) = req.old_object.as_ref().and_then(|o| serde_json::from_value::<ToolGrant>(o.clone()).ok())
+        && old.spec == grant.spec
+    {
+        return allow;
+    }
+    let checks = match grants::access_checks(&grant, &namespace) {
+        Ok(c) => c,
+        Err(e) => return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {e}")),
+    };
+    let user = &req.user_info;
+    let pending: Vec<BoxFuture<'_, Result<bool, String>>> = checks.iter().map(|c| s.reviewer.allowed(user, &c.attributes)).collect();
+    let answers: Vec<Result<bool, String>> = futures::stream::iter(pending).buffered(16).collect().await;
+    let mut missing = Vec::new();
+    for (check, answer) in checks.iter().zip(answers) {
+        match answer {
+            Ok(true) => {}
+            Ok(false) => missing.push(check),
+            Err(e) => {
+                warn!(error = %e, "SubjectAccessReview failed");
+                return deny(&req.uid, 500, format!("agentid could not verify the grant's permissions (SubjectAccessReview failed: {e}); try again"));
+            }
+        }
+    }
+    match grants::missing_message(&user.username, &namespace, &missing) {
+        Some(message) => deny(&req.uid, 403, message),
+        None => allow,
+    }
 }
 
 /// Metrics and the audit trail of one decision. Messages name rules and paths, never values.
@@ -208,16 +318,69 @@ async fn reload_loop(client: Client, mut cfg: ServeConfig, rustls: RustlsConfig,
 mod tests {
     use super::*;
     use crate::core::admission::rules::StaticDirectory;
+    use crate::api::AgentIdentity;
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
     use serde_json::{Value, json};
     use tower::ServiceExt;
 
+    /// Alice may get and list ConfigMaps, nothing else.
+    struct FakeReviewer;
+    impl AccessReviewer for FakeReviewer {
+        fn allowed<'a>(&'a self, user: &'a UserInfo, a: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>> {
+            let ok = user.username == "alice"
+                && a.resource.as_deref() == Some("configmaps")
+                && matches!(a.verb.as_deref(), Some("get" | "list"));
+            Box::pin(async move { Ok(ok) })
+        }
+    }
+
+    fn directory() -> StaticDirectory {
+        let agent: AgentIdentity = serde_norway::from_str(
+            "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: bot, namespace: agents}\nspec: {owner: t, audiences: [x]}",
+        )
+        .unwrap();
+        StaticDirectory::new([agent].iter(), "default")
+    }
+
+    fn grant_review(user: &str, verbs: &str) -> Vec<u8> {
+        let grant = json!({"apiVersion": "agentid.dev/v1alpha1", "kind": "ToolGrant", "metadata": {"name": "g", "namespace": "agents"},
+            "spec": {"agentRef": {"name": "bot"}, "kubernetesRules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": serde_json::from_str::<Value>(verbs).unwrap()}]}});
+        serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "g1", "namespace": "agents", "operation": "CREATE", "userInfo": {"username": user}, "object": grant}}))
+        .unwrap()
+    }
+
+    async fn grant_verdict(user: &str, verbs: &str) -> Value {
+        let (app, _) = app();
+        let (status, body) = post(app, "/validate/toolgrants", grant_review(user, verbs)).await;
+        assert_eq!(status, StatusCode::OK);
+        serde_json::from_slice::<Value>(&body).unwrap()["response"].clone()
+    }
+
+    #[tokio::test]
+    async fn toolgrants_only_carry_permissions_their_author_holds() {
+        assert_eq!(grant_verdict("alice", r#"["get","list"]"#).await["allowed"], true);
+        let r = grant_verdict("alice", r#"["get","delete"]"#).await;
+        assert_eq!(r["allowed"], false);
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("spec.kubernetesRules[0]: delete core/configmaps") && !msg.contains("get core"), "{msg}");
+        assert_eq!(grant_verdict("bob", r#"["get"]"#).await["allowed"], false);
+    }
+
+    #[tokio::test]
+    async fn an_agent_can_never_change_grants() {
+        let r = grant_verdict("system:serviceaccount:agents:agent-bot", r#"["get"]"#).await;
+        assert_eq!(r["allowed"], false);
+        assert!(r["status"]["message"].as_str().unwrap().contains("agents can never create or change ToolGrants"));
+    }
+
     fn app() -> (Router, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(WebhookState {
-            agents: Arc::new(StaticDirectory::default()),
+            agents: Arc::new(directory()),
+            reviewer: Arc::new(FakeReviewer),
             exceptions: RwLock::new(ExceptionSet::default()),
             metrics: metrics.clone(),
         });

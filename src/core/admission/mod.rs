@@ -9,6 +9,7 @@
 
 pub mod detectors;
 pub mod exceptions;
+pub mod grants;
 pub mod offline;
 pub mod registration;
 pub mod review;

@@ -42,6 +42,9 @@ pub struct Registration {
     pub timeout_seconds: i32,
 }
 
+/// Path of the ToolGrant escalation check.
+pub const TOOLGRANT_PATH: &str = "/validate/toolgrants";
+
 /// Path of the workload webhook for a mode.
 pub fn path(mode: Enforcement) -> String {
     format!("/validate/workloads/{mode}")
@@ -58,27 +61,65 @@ fn rule(group: &str, resources: &[&str], operations: &[&str]) -> RuleWithOperati
 }
 
 /// The desired ValidatingWebhookConfiguration.
+fn client_config(reg: &Registration, path: String) -> WebhookClientConfig {
+    match &reg.endpoint {
+        Endpoint::Url(base) => WebhookClientConfig {
+            url: Some(format!("{}{path}", base.trim_end_matches('/'))),
+            ca_bundle: Some(ByteString(reg.ca_bundle.clone())),
+            service: None,
+        },
+        Endpoint::Service { namespace, name, port } => WebhookClientConfig {
+            url: None,
+            ca_bundle: Some(ByteString(reg.ca_bundle.clone())),
+            service: Some(ServiceReference {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                path: Some(path),
+                port: Some(*port),
+            }),
+        },
+    }
+}
+
+fn operator_condition(reg: &Registration) -> Option<MatchCondition> {
+    reg.operator_user.as_ref().map(|user| MatchCondition {
+        name: "not-agentid-itself".into(),
+        expression: format!("request.userInfo.username != '{user}'"),
+    })
+}
+
+/// The ToolGrant escalation check: every namespace, failing closed, since a
+/// grant that skipped it could hand out permissions its author lacks.
+fn toolgrant_webhook(reg: &Registration) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: "toolgrants.agentid.dev".into(),
+        admission_review_versions: vec!["v1".into()],
+        client_config: client_config(reg, TOOLGRANT_PATH.to_string()),
+        failure_policy: Some("Fail".into()),
+        match_policy: Some("Equivalent".into()),
+        namespace_selector: Some(LabelSelector {
+            match_labels: reg.scope.as_ref().map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())])),
+            match_expressions: None,
+        }),
+        object_selector: None,
+        match_conditions: operator_condition(reg).map(|c| vec![c]),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![crate::api::GROUP.to_string()]),
+            api_versions: Some(vec!["*".to_string()]),
+            operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+            resources: Some(vec!["toolgrants".into()]),
+            scope: Some("Namespaced".into()),
+        }]),
+        side_effects: "None".into(),
+        timeout_seconds: Some(reg.timeout_seconds),
+    }
+}
+
 pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
-    let webhooks = Enforcement::ALL
+    let mut webhooks: Vec<ValidatingWebhook> = Enforcement::ALL
         .into_iter()
         .map(|mode| {
-            let client_config = match &reg.endpoint {
-                Endpoint::Url(base) => WebhookClientConfig {
-                    url: Some(format!("{}{}", base.trim_end_matches('/'), path(mode))),
-                    ca_bundle: Some(ByteString(reg.ca_bundle.clone())),
-                    service: None,
-                },
-                Endpoint::Service { namespace, name, port } => WebhookClientConfig {
-                    url: None,
-                    ca_bundle: Some(ByteString(reg.ca_bundle.clone())),
-                    service: Some(ServiceReference {
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        path: Some(path(mode)),
-                        port: Some(*port),
-                    }),
-                },
-            };
+            let client_config = client_config(reg, path(mode));
             let mut excluded: Vec<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
             excluded.push(reg.operator_namespace.clone());
             let namespace_selector = LabelSelector {
@@ -100,12 +141,7 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
                 name: "not-a-delete".into(),
                 expression: "request.operation != 'DELETE'".into(),
             }];
-            if let Some(user) = &reg.operator_user {
-                match_conditions.push(MatchCondition {
-                    name: "not-agentid-itself".into(),
-                    expression: format!("request.userInfo.username != '{user}'"),
-                });
-            }
+            match_conditions.extend(operator_condition(reg));
             ValidatingWebhook {
                 name: format!("{mode}.workloads.agentid.dev"),
                 admission_review_versions: vec!["v1".into()],
@@ -128,6 +164,7 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
             }
         })
         .collect();
+    webhooks.push(toolgrant_webhook(reg));
     ValidatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some(reg.name.clone()),
@@ -158,7 +195,11 @@ mod tests {
     fn one_webhook_per_mode_scoped_by_label_and_never_system_namespaces() {
         let vwc = desired(&reg(Endpoint::Url("https://127.0.0.1:8443/".into())));
         let hooks = vwc.webhooks.unwrap();
-        assert_eq!(hooks.len(), 3);
+        assert_eq!(hooks.len(), 4);
+        let grants = &hooks[3];
+        assert_eq!(grants.name, "toolgrants.agentid.dev");
+        assert_eq!(grants.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(grants.client_config.url.as_deref(), Some("https://127.0.0.1:8443/validate/toolgrants"));
         for (hook, mode) in hooks.iter().zip(Enforcement::ALL) {
             assert_eq!(hook.client_config.url.as_deref(), Some(format!("https://127.0.0.1:8443/validate/workloads/{mode}").as_str()));
             let exprs = hook.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();

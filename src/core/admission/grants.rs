@@ -1,0 +1,175 @@
+//! No escalation through agentid: a ToolGrant may carry only Kubernetes rules
+//! that the user creating or updating it could exercise themselves — the same
+//! idea as RBAC's own escalation prevention — and an agent's ServiceAccount can
+//! never create or change grants. This module decides which access checks to
+//! run (SubjectAccessReviews, run by the shell) and what the answer is.
+
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
+
+use super::review::UserInfo;
+use crate::api::ToolGrant;
+
+/// Most access checks one grant may need; a broader grant must be split.
+pub const MAX_CHECKS: usize = 512;
+
+/// One permission the requester must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessCheck {
+    /// Index of the rule in `spec.kubernetesRules`.
+    pub rule: usize,
+    pub attributes: ResourceAttributes,
+}
+
+impl AccessCheck {
+    /// `verb group/resource[/name]`, for messages.
+    pub fn describe(&self) -> String {
+        let a = &self.attributes;
+        let group = a.group.as_deref().filter(|g| !g.is_empty()).unwrap_or("core");
+        let mut s = format!("{} {group}/{}", a.verb.as_deref().unwrap_or("?"), a.resource.as_deref().unwrap_or("?"));
+        if let Some(sub) = a.subresource.as_deref().filter(|s| !s.is_empty()) {
+            s.push('/');
+            s.push_str(sub);
+        }
+        if let Some(n) = a.name.as_deref().filter(|n| !n.is_empty()) {
+            s.push_str(&format!(" {n:?}"));
+        }
+        s
+    }
+}
+
+/// Why a grant is refused before any access check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantRefusal {
+    #[error("{user} is the ServiceAccount of agent {agent:?}: agents can never create or change ToolGrants")]
+    AgentRequester { user: String, agent: String },
+    #[error("spec.kubernetesRules[{0}]: nonResourceURLs cannot be granted in a namespace; remove them")]
+    NonResourceUrls(usize),
+    #[error("spec.kubernetesRules[{0}]: needs at least one apiGroup, resource and verb")]
+    IncompleteRule(usize),
+    #[error("spec.kubernetesRules expand to more than {MAX_CHECKS} permissions; split the grant")]
+    TooBroad,
+}
+
+/// The ServiceAccount `(namespace, name)` a username denotes, if any.
+pub fn service_account_of(user: &UserInfo) -> Option<(&str, &str)> {
+    let rest = user.username.strip_prefix("system:serviceaccount:")?;
+    rest.split_once(':')
+}
+
+/// The permissions the requester must hold for `grant` in `namespace`.
+pub fn access_checks(grant: &ToolGrant, namespace: &str) -> Result<Vec<AccessCheck>, GrantRefusal> {
+    let mut checks = Vec::new();
+    for (i, rule) in grant.spec.kubernetes_rules.iter().enumerate() {
+        if rule.non_resource_urls.as_ref().is_some_and(|u| !u.is_empty()) {
+            return Err(GrantRefusal::NonResourceUrls(i));
+        }
+        let groups = rule.api_groups.clone().unwrap_or_default();
+        let resources = rule.resources.clone().unwrap_or_default();
+        if groups.is_empty() || resources.is_empty() || rule.verbs.is_empty() {
+            return Err(GrantRefusal::IncompleteRule(i));
+        }
+        let names: Vec<Option<String>> = match rule.resource_names.as_deref() {
+            Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
+            _ => vec![None],
+        };
+        for group in &groups {
+            for resource in &resources {
+                let (resource, subresource) = match resource.split_once('/') {
+                    Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                    None => (resource.clone(), None),
+                };
+                for verb in &rule.verbs {
+                    for name in &names {
+                        checks.push(AccessCheck {
+                            rule: i,
+                            attributes: ResourceAttributes {
+                                namespace: Some(namespace.to_string()),
+                                group: Some(group.clone()),
+                                resource: Some(resource.clone()),
+                                subresource: subresource.clone(),
+                                verb: Some(verb.clone()),
+                                name: name.clone(),
+                                ..Default::default()
+                            },
+                        });
+                        if checks.len() > MAX_CHECKS {
+                            return Err(GrantRefusal::TooBroad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(checks)
+}
+
+/// The denial message for the permissions the requester lacks, or `None` when they hold all.
+pub fn missing_message(user: &str, namespace: &str, missing: &[&AccessCheck]) -> Option<String> {
+    if missing.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = missing.iter().map(|c| format!("spec.kubernetesRules[{}]: {}", c.rule, c.describe())).collect();
+    Some(format!(
+        "[agentid/toolgrant-escalation] {user} may not grant permissions they do not hold in namespace {namespace:?}: {}; \
+         fix: remove those rules, or have someone who holds them create the grant",
+        list.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(rules: &str) -> ToolGrant {
+        serde_norway::from_str(&format!(
+            "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {{name: g, namespace: agents}}\nspec:\n  agentRef: {{name: a}}\n  kubernetesRules: {rules}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn rules_expand_into_one_check_per_permission() {
+        let g = grant("[{apiGroups: ['', apps], resources: [configmaps, deployments/scale], verbs: [get, list]}]");
+        let checks = access_checks(&g, "agents").unwrap();
+        assert_eq!(checks.len(), 8);
+        let scale = checks.iter().find(|c| c.attributes.subresource.as_deref() == Some("scale")).unwrap();
+        assert_eq!(scale.attributes.resource.as_deref(), Some("deployments"));
+        assert_eq!(checks[0].attributes.namespace.as_deref(), Some("agents"));
+        assert_eq!(checks[0].describe(), "get core/configmaps");
+    }
+
+    #[test]
+    fn resource_names_are_checked_by_name() {
+        let g = grant("[{apiGroups: [''], resources: [configmaps], resourceNames: [a, b], verbs: [get]}]");
+        let checks = access_checks(&g, "agents").unwrap();
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[1].describe(), "get core/configmaps \"b\"");
+    }
+
+    #[test]
+    fn refusals_before_any_check() {
+        assert_eq!(
+            access_checks(&grant("[{nonResourceURLs: [/metrics], verbs: [get]}]"), "agents"),
+            Err(GrantRefusal::NonResourceUrls(0))
+        );
+        assert_eq!(access_checks(&grant("[{apiGroups: [''], resources: [], verbs: [get]}]"), "agents"), Err(GrantRefusal::IncompleteRule(0)));
+        let wide = "[{apiGroups: [a,b,c,d,e,f,g,h], resources: [a,b,c,d,e,f,g,h], verbs: [a,b,c,d,e,f,g,h,i]}]";
+        assert_eq!(access_checks(&grant(wide), "agents"), Err(GrantRefusal::TooBroad));
+    }
+
+    #[test]
+    fn service_account_usernames_are_recognised() {
+        let u = |s: &str| UserInfo { username: s.into(), ..Default::default() };
+        assert_eq!(service_account_of(&u("system:serviceaccount:agents:agent-a")), Some(("agents", "agent-a")));
+        assert_eq!(service_account_of(&u("alice")), None);
+    }
+
+    #[test]
+    fn missing_permissions_are_listed() {
+        let g = grant("[{apiGroups: [''], resources: [secrets], verbs: [get]}]");
+        let checks = access_checks(&g, "agents").unwrap();
+        let msg = missing_message("alice", "agents", &[&checks[0]]).unwrap();
+        assert!(msg.contains("spec.kubernetesRules[0]: get core/secrets"), "{msg}");
+        assert!(missing_message("alice", "agents", &[]).is_none());
+    }
+}
