@@ -41,6 +41,7 @@ impl Webhook {
             instance: None,
             operator_namespace: operator_ns.clone(),
             service_account: "agentid".into(),
+            no_leader_elect: true,
             no_webhook: false,
             webhook_addr: format!("127.0.0.1:{port}").parse().unwrap(),
             webhook_url: Some(format!("https://127.0.0.1:{port}")),

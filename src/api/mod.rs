@@ -7,9 +7,11 @@
 
 pub mod duration;
 mod identity;
+mod task;
 mod toolgrant;
 
 pub use identity::*;
+pub use task::*;
 pub use toolgrant::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -30,7 +32,7 @@ pub const FIELD_MANAGER: &str = "agentid";
 
 /// Every CRD agentid serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AgentIdentity::crd(), ToolGrant::crd()]
+    vec![AgentIdentity::crd(), ToolGrant::crd(), AgentTask::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream per CRD: `(file name, yaml)`.

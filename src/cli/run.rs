@@ -12,6 +12,7 @@ use kube::{Api, Client};
 use tracing::{error, info, warn};
 
 use crate::api::AgentIdentity;
+use crate::controller::leader::{self, LeaderConfig};
 use crate::controller::{self, Context, OperatorConfig};
 use crate::core::admission::exceptions::ExceptionSet;
 use crate::core::admission::registration::{Endpoint, Registration};
@@ -41,6 +42,10 @@ pub struct RunArgs {
     /// The operator's ServiceAccount (its own requests are never judged).
     #[arg(long, env = "AGENTID_SERVICE_ACCOUNT", default_value = "agentid")]
     pub service_account: String,
+
+    /// Run controllers without leader election (only for a single replica).
+    #[arg(long, env = "AGENTID_NO_LEADER_ELECT")]
+    pub no_leader_elect: bool,
 
     /// Do not serve the admission webhook.
     #[arg(long, env = "AGENTID_NO_WEBHOOK")]
@@ -171,10 +176,37 @@ pub async fn run(args: RunArgs) -> Result<()> {
         start_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
     }
 
-    let ctx = Arc::new(Context::new(client, config, metrics));
+    let ctx = Arc::new(Context::new(client.clone(), config, metrics));
+    // Followers are ready too: they serve the webhook and the token endpoint.
     readiness.controllers.store(true, Ordering::Release);
-    info!(trust_domain = %ctx.config.trust_domain, "agentid operator started");
-    tokio::join!(controller::identity::run(ctx.clone()), controller::toolgrant::run(ctx));
+    let leader = (!args.no_leader_elect).then(|| LeaderConfig::new(&args.operator_namespace, &ctx.config.instance));
+    let mut lost = match &leader {
+        Some(cfg) => {
+            info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "waiting to become leader");
+            Some(leader::acquire(client.clone(), cfg.clone()).await)
+        }
+        None => None,
+    };
+    info!(trust_domain = %ctx.config.trust_domain, "agentid controllers started");
+    let controllers = async {
+        tokio::join!(controller::identity::run(ctx.clone()), controller::toolgrant::run(ctx));
+    };
+    let leadership_lost = async {
+        match lost.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|leads| !*leads).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let result = tokio::select! {
+        _ = controllers => Ok(()),
+        _ = leadership_lost => Err(Error::Config("leadership lost; exiting so that a fresh start competes again".into())),
+    };
+    if let (Some(cfg), Ok(())) = (&leader, &result) {
+        leader::release(client, cfg).await;
+    }
+    result?;
     info!("agentid operator stopped");
     Ok(())
 }

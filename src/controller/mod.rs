@@ -2,6 +2,7 @@
 //! Each reconcile is fetch → `core` decides → apply → status.
 
 pub mod identity;
+pub mod leader;
 pub mod toolgrant;
 
 use std::sync::Arc;

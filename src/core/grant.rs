@@ -10,11 +10,12 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
-use sha2::{Digest, Sha256};
 
 use crate::api::{AGENT_LABEL, AgentIdentity, GrantPhase, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant, ToolGrantStatus};
 use crate::core::conditions::{self, CondUpdate, READY};
 use crate::core::identity::{PlanError, PlannedEvent, is_owned_by};
+pub use crate::core::names::label_value;
+use crate::core::names;
 
 /// Reasons used in conditions and Events (stable: dashboards and alerts match on them).
 pub mod reason {
@@ -42,42 +43,12 @@ pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// How soon to look again after a name conflict (foreign objects trigger no watch event of ours).
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
-const MAX_NAME_LEN: usize = 253;
-const MAX_LABEL_VALUE_LEN: usize = 63;
-const HASH_LEN: usize = 10;
 const RBAC_API_GROUP: &str = "rbac.authorization.k8s.io";
-
-/// First `HASH_LEN` hex digits of the SHA-256 of `s`.
-fn short_hash(s: &str) -> String {
-    Sha256::digest(s.as_bytes()).iter().take(HASH_LEN / 2).map(|b| format!("{b:02x}")).collect()
-}
-
-/// `s` if it fits in `max` characters, else a prefix of it, `-` and a hash of the whole of `s`:
-/// deterministic, and distinct for distinct long inputs that share a prefix.
-fn fit(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    // Names and label values here are ASCII (DNS subdomains); `get` stays safe regardless.
-    let keep = max - HASH_LEN - 1;
-    let mut cut = keep;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let prefix = s[..cut].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    format!("{prefix}-{}", short_hash(s))
-}
 
 /// Name of the Role and the RoleBinding of a grant: `agentid-grant-<grant>`,
 /// shortened with a hash when it would exceed 253 characters.
 pub fn rbac_name(grant: &str) -> String {
-    fit(&format!("{RBAC_NAME_PREFIX}{grant}"), MAX_NAME_LEN)
-}
-
-/// A label value for an object name: the name itself when it fits in 63 characters
-/// (every DNS subdomain that short is a valid label value), else a prefix and a hash.
-pub fn label_value(name: &str) -> String {
-    fit(name, MAX_LABEL_VALUE_LEN)
+    names::derived_name(RBAC_NAME_PREFIX, grant)
 }
 
 /// Labels of the Role and RoleBinding of a grant.
@@ -326,6 +297,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::api::{AgentIdentitySpec, AgentIdentityStatus, AgentRef, Tool, ToolGrantSpec};
+    use crate::core::names::{MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
     use k8s_openapi::api::rbac::v1::PolicyRule;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -6,3 +6,6 @@ pub mod admission;
 pub mod conditions;
 pub mod grant;
 pub mod identity;
+pub mod lease;
+pub mod names;
+pub mod task;

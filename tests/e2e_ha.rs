@@ -1,0 +1,119 @@
+//! High availability with two real operator processes: only the Lease holder
+//! reconciles; kill it and the other takes over.
+#![cfg(feature = "e2e")]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::PostParams;
+use support::*;
+
+use agentid::api::AgentIdentity;
+use agentid::core::conditions;
+
+struct Replica {
+    name: String,
+    child: Child,
+    probe: u16,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(name: &str, ns: &str) -> Replica {
+    let probe = free_port();
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("agentid-ha-{ns}-{name}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .args(["run", "--no-webhook", "--watch-namespace", ns, "--operator-namespace", ns, "--instance", name])
+        .args(["--probe-addr", &format!("127.0.0.1:{probe}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start agentid");
+    Replica { name: name.into(), child, probe }
+}
+
+/// `agentid_reconciles_total{kind="AgentIdentity"}` of a replica (0 when absent).
+async fn reconciles(r: &Replica) -> u64 {
+    let body = tokio::task::spawn_blocking({
+        let port = r.probe;
+        move || -> Option<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap_or_default();
+    body.lines()
+        .find(|l| l.starts_with("agentid_reconciles_total{kind=\"AgentIdentity\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn holder(api: &Api<Lease>) -> Option<String> {
+    api.get_opt("agentid-leader").await.ok()??.spec?.holder_identity
+}
+
+async fn create_agent(agents: &Api<AgentIdentity>, name: &str) {
+    let a: AgentIdentity = from_yaml(&format!(
+        "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: {name}}}\nspec: {{owner: team, audiences: [x]}}"
+    ));
+    agents.create(&PostParams::default(), &a).await.unwrap();
+}
+
+async fn ready(agents: &Api<AgentIdentity>, name: &str) {
+    wait_until(Duration::from_secs(30), &format!("{name} Ready"), || async {
+        let a = agents.get(name).await.ok()?;
+        conditions::is_true(&a.status?.conditions, "Ready").then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_follower_takes_over() {
+    let env = env("ha").await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut replicas = vec![spawn("replica-a", &env.ns), spawn("replica-b", &env.ns)];
+
+    let first = wait_until(Duration::from_secs(30), "a leader", || async { holder(&leases).await }).await;
+    create_agent(&agents, "one").await;
+    ready(&agents, "one").await;
+    let (leader_idx, follower_idx) = if replicas[0].name == first { (0, 1) } else { (1, 0) };
+    assert!(reconciles(&replicas[leader_idx]).await > 0, "the leader reconciled");
+    assert_eq!(reconciles(&replicas[follower_idx]).await, 0, "the follower must not reconcile");
+
+    // Kill the leader outright (no graceful hand-over): the follower takes over once the Lease runs out.
+    let killed_at = Instant::now();
+    let mut dead = replicas.remove(leader_idx);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let survivor = &replicas[0];
+    let second = wait_until(Duration::from_secs(30), "a new leader", || async {
+        holder(&leases).await.filter(|h| *h == survivor.name)
+    })
+    .await;
+    let failover = killed_at.elapsed();
+    assert_eq!(second, survivor.name);
+    create_agent(&agents, "two").await;
+    ready(&agents, "two").await;
+    assert!(reconciles(survivor).await > 0, "the new leader reconciles");
+    eprintln!("failover took {failover:?} (Lease 10 s, retry 2 s)");
+}
