@@ -41,6 +41,11 @@ pub struct ModeLabels {
     pub mode: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<KindLabels, Counter>,
@@ -51,6 +56,9 @@ pub struct Metrics {
     pub admission_exceptions: Family<ExceptionLabels, Counter>,
     pub admission_bad_requests: Family<ModeLabels, Counter>,
     pub admission_duration: Family<ModeLabels, Histogram>,
+    pub task_revocations: Family<ReasonLabels, Counter>,
+    pub tokens_issued: Counter,
+    pub token_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +83,16 @@ impl Default for Metrics {
         registry.register("admission_exceptions", "Violations waived by an exception", admission_exceptions.clone());
         registry.register("admission_bad_requests", "Malformed AdmissionReviews refused with 400", admission_bad_requests.clone());
         registry.register("admission_duration_seconds", "Time to judge one AdmissionReview", admission_duration.clone());
+        let task_revocations = Family::<ReasonLabels, Counter>::default();
+        let tokens_issued = Counter::default();
+        let token_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register("task_tokens_issued", "Task tokens issued by the token broker", tokens_issued.clone());
+        registry.register("task_token_refusals", "Task token requests refused, by reason", token_refusals.clone());
+        registry.register(
+            "task_revocations",
+            "AgentTask anchors deleted, revoking every token of the task, by reason (completed, expired, suspended, deleted, agent_changed)",
+            task_revocations.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -85,6 +103,9 @@ impl Default for Metrics {
             admission_exceptions,
             admission_bad_requests,
             admission_duration,
+            task_revocations,
+            tokens_issued,
+            token_refusals,
         }
     }
 }
@@ -115,6 +136,19 @@ impl Metrics {
 
     pub fn admission_bad_request(&self, mode: &str) {
         self.admission_bad_requests.get_or_create(&ModeLabels { mode: mode.into() }).inc();
+    }
+
+    /// An AgentTask's anchor was deleted: every token issued for the task stops authenticating.
+    pub fn token_issued(&self) {
+        self.tokens_issued.inc();
+    }
+
+    pub fn token_refused(&self, reason: &str) {
+        self.token_refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
+    pub fn task_revoked(&self, reason: &str) {
+        self.task_revocations.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
 
     /// The registry in the Prometheus text format.

@@ -5,79 +5,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::{Command, Output};
-use std::sync::Arc;
 
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use support::*;
 
 use agentid::api::AgentIdentity;
-use agentid::cli::run::{RunArgs, start_webhook};
-use agentid::metrics::Metrics;
-use agentid::probes::Readiness;
-
-/// A webhook instance scoped to namespaces labeled `agentid.dev/test-scope=<scope>`.
-struct Webhook {
-    client: Client,
-    name: String,
-    scope: String,
-    metrics: Arc<Metrics>,
-    operator_ns: String,
-}
-
-impl Webhook {
-    async fn start(client: &Client, scope: &str) -> Webhook {
-        let operator_ns = namespace(client, "agentid-op").await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let name = format!("agentid-test-{scope}");
-        let args = RunArgs {
-            trust_domain: "cluster.local".into(),
-            probe_addr: "127.0.0.1:0".parse().unwrap(),
-            watch_namespace: None,
-            instance: None,
-            operator_namespace: operator_ns.clone(),
-            service_account: "agentid".into(),
-            no_leader_elect: true,
-            no_webhook: false,
-            webhook_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            webhook_url: Some(format!("https://127.0.0.1:{port}")),
-            webhook_service: "agentid".into(),
-            webhook_configuration: name.clone(),
-            no_webhook_registration: false,
-            webhook_scope: Some(format!("agentid.dev/test-scope={scope}")),
-            tls_cert_file: None,
-            tls_key_file: None,
-            ca_bundle_file: None,
-            exceptions_file: None,
-        };
-        let metrics = Arc::new(Metrics::default());
-        let ready = Arc::new(Readiness::default());
-        start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await.expect("webhook starts");
-        assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
-        let w = Webhook { client: client.clone(), name, scope: scope.to_string(), metrics, operator_ns };
-        w.label(&w.operator_ns.clone(), Some("enforce")).await;
-        w
-    }
-
-    /// Labels a namespace into this webhook's scope with a mode (or only the scope).
-    async fn label(&self, ns: &str, mode: Option<&str>) {
-        let mut labels = BTreeMap::from([("agentid.dev/test-scope".to_string(), self.scope.clone())]);
-        if let Some(m) = mode {
-            labels.insert("agentid.dev/enforcement".into(), m.into());
-        }
-        let patch = serde_json::json!({"metadata": {"labels": labels}});
-        Api::<Namespace>::all(self.client.clone()).patch(ns, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    }
-
-    async fn stop(self) {
-        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        api.delete(&self.name, &DeleteParams::default()).await.unwrap();
-    }
-}
 
 fn kubectl(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;

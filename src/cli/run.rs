@@ -78,6 +78,9 @@ pub struct RunArgs {
     /// CA bundle (PEM) to put into the webhook configuration when certificates come from files.
     #[arg(long, env = "AGENTID_CA_BUNDLE_FILE")]
     pub ca_bundle_file: Option<PathBuf>,
+    /// Audience an agent's own projected ServiceAccount token must carry to ask for task tokens.
+    #[arg(long, env = "AGENTID_TOKEN_AUDIENCE", default_value = "agentid")]
+    pub token_audience: String,
     /// Admission exceptions file (YAML); reloaded on change.
     #[arg(long, env = "AGENTID_EXCEPTIONS_FILE")]
     pub exceptions_file: Option<PathBuf>,
@@ -189,7 +192,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     info!(trust_domain = %ctx.config.trust_domain, "agentid controllers started");
     let controllers = async {
-        tokio::join!(controller::identity::run(ctx.clone()), controller::toolgrant::run(ctx));
+        tokio::join!(controller::identity::run(ctx.clone()), controller::toolgrant::run(ctx.clone()), controller::task::run(ctx));
     };
     let leadership_lost = async {
         match lost.as_mut() {
@@ -267,5 +270,7 @@ pub async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>
         self_check_name,
         reload_interval,
     };
-    webhook::serve(client, webhook::router(state), cfg, ready).await
+    let broker = Arc::new(webhook::tokens::Broker { client: client.clone(), audience: args.token_audience.clone(), metrics: state.metrics.clone() });
+    let app = webhook::router(state).merge(webhook::tokens::router(broker));
+    webhook::serve(client, app, cfg, ready).await
 }

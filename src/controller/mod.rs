@@ -3,6 +3,7 @@
 
 pub mod identity;
 pub mod leader;
+pub mod task;
 pub mod toolgrant;
 
 use std::sync::Arc;

@@ -123,7 +123,7 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
 
 /// Deletes exactly the object that was fetched (a uid precondition: never a
 /// same-named successor); an object already gone is fine.
-async fn delete_exactly<K>(api: &Api<K>, obj: &K) -> Result<()>
+pub(crate) async fn delete_exactly<K>(api: &Api<K>, obj: &K) -> Result<()>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {

@@ -265,6 +265,8 @@ pub enum AnchorAction {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskPlan {
     pub phase: TaskPhase,
+    /// Reason of the `Ready` condition (for example `AnchorConflict`).
+    pub reason: &'static str,
     /// Name of the task's anchor Secret.
     pub anchor_name: String,
     pub anchor: AnchorAction,
@@ -337,7 +339,7 @@ pub fn plan(
     let previous = task.status.clone().unwrap_or_default();
     let events = if previous.phase == Some(d.phase) { Vec::new() } else { vec![event_for(d.phase, &d.message)] };
     let active = d.phase == TaskPhase::Active;
-    let ready = CondUpdate::new(READY, active, d.reason, d.message);
+    let ready = CondUpdate::new(READY, active, d.reason, d.message.clone());
     let generation = task.metadata.generation;
     let status = AgentTaskStatus {
         phase: Some(d.phase),
@@ -349,6 +351,7 @@ pub fn plan(
     };
     Ok(TaskPlan {
         phase: d.phase,
+        reason: d.reason,
         anchor_name,
         anchor: action,
         status,
@@ -458,4 +461,560 @@ pub fn token_request(
         }),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AgentIdentitySpec, AgentIdentityStatus, AgentRef, AgentTaskSpec};
+    use crate::core::grant::MIN_REQUEUE;
+    use crate::core::names::{MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
+
+    const T0: i64 = 1_800_000_000;
+    const AUDIENCE: &str = "https://tools.example.com";
+
+    fn t(offset: i64) -> Timestamp {
+        Timestamp::from_second(T0 + offset).unwrap()
+    }
+
+    fn agent(name: &str) -> AgentIdentity {
+        let mut a = AgentIdentity::new(
+            name,
+            AgentIdentitySpec {
+                owner: "team-payments".into(),
+                description: None,
+                service_account_name: None,
+                audiences: vec![AUDIENCE.into(), "https://payments.example.com".into()],
+                token_ttl: "30m".into(),
+                trust_domain: None,
+                suspended: false,
+                delegation: Default::default(),
+                session_limits: None,
+            },
+        );
+        a.metadata.namespace = Some("agents".into());
+        a.metadata.uid = Some(format!("uid-agent-{name}"));
+        a.status =
+            Some(AgentIdentityStatus { service_account_name: Some(format!("agent-{name}")), ..Default::default() });
+        a
+    }
+
+    fn task(name: &str, ttl: &str) -> AgentTask {
+        let mut task = AgentTask::new(
+            name,
+            AgentTaskSpec {
+                agent_ref: AgentRef { name: "triage".into() },
+                purpose: "triage issue 1234".into(),
+                audiences: vec![AUDIENCE.into()],
+                ttl: ttl.into(),
+                completed: false,
+            },
+        );
+        task.metadata.namespace = Some("agents".into());
+        task.metadata.uid = Some(format!("uid-task-{name}"));
+        task.metadata.generation = Some(1);
+        task
+    }
+
+    fn plan_at(task: &AgentTask, agent: Option<&AgentIdentity>, anchor: Option<&Secret>, now: Timestamp) -> TaskPlan {
+        plan(task, agent, anchor, now).unwrap()
+    }
+
+    /// The anchor the apiserver would hold after creating the planned one at `created`.
+    fn created_anchor(p: &TaskPlan, created: Timestamp) -> Secret {
+        let AnchorAction::Apply(desired) = &p.anchor else { panic!("expected Apply, got {:?}", p.anchor) };
+        let mut s = desired.as_ref().clone();
+        s.metadata.uid = Some("uid-anchor-1".into());
+        s.metadata.creation_timestamp = Some(Time(created));
+        s
+    }
+
+    /// Runs `plan` and records its status, as the controller does after applying it.
+    fn step(task: &mut AgentTask, agent: Option<&AgentIdentity>, anchor: Option<&Secret>, now: Timestamp) -> TaskPlan {
+        let p = plan_at(task, agent, anchor, now);
+        task.status = Some(p.status.clone());
+        p
+    }
+
+    fn ready(p: &TaskPlan) -> (String, String, String) {
+        let c = conditions::get(&p.status.conditions, READY).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn task_for_a_ready_agent_becomes_active_with_an_anchor() {
+        let tk = task("fix-1234", "1h");
+        let a = agent("triage");
+        let p = plan_at(&tk, Some(&a), None, t(0));
+        assert_eq!(p.phase, TaskPhase::Active);
+        assert_eq!(p.anchor_name, "agentid-task-fix-1234");
+        let AnchorAction::Apply(anchor) = &p.anchor else { panic!("expected Apply") };
+        let meta = &anchor.metadata;
+        assert_eq!(meta.name.as_deref(), Some("agentid-task-fix-1234"));
+        assert_eq!(meta.namespace.as_deref(), Some("agents"));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[AGENT_LABEL], "triage");
+        assert_eq!(labels[TASK_LABEL], "fix-1234");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.api_version.as_str()),
+            ("AgentTask", "fix-1234", "uid-task-fix-1234", "agentid.dev/v1alpha1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(anchor.type_.as_deref(), Some(ANCHOR_SECRET_TYPE));
+        assert_eq!((anchor.data.as_ref(), anchor.string_data.as_ref()), (None, None), "an anchor holds no data");
+        assert_eq!(anchor.immutable, Some(true));
+
+        assert_eq!(p.status.phase, Some(TaskPhase::Active));
+        assert_eq!(p.status.issued_at, Some(Time(t(0))));
+        assert_eq!(p.status.expires_at, Some(Time(t(3600))));
+        assert_eq!(p.expires_at, Some(t(3600)));
+        assert_eq!(p.status.anchor.as_deref(), Some("agentid-task-fix-1234"));
+        assert_eq!(p.status.observed_generation, Some(1));
+        let (status, reason, message) = ready(&p);
+        assert_eq!((status.as_str(), reason.as_str()), ("True", reason::ACTIVE));
+        assert!(message.contains("agent-triage"), "{message}");
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.events[0].reason, reason::TASK_ACTIVATED);
+        assert!(!p.events[0].warning);
+        assert_eq!(p.requeue_after, RESYNC, "an hour away: looked at again within the resync");
+        let p = plan_at(&task("short", "10m"), Some(&a), None, t(0));
+        assert_eq!(p.requeue_after, Duration::from_secs(600), "wakes up at expiry");
+    }
+
+    #[test]
+    fn issued_at_is_whole_seconds_so_it_reads_back_equal() {
+        let now = t(0).checked_add(SignedDuration::from_millis(750)).unwrap();
+        let p = plan_at(&task("fix", "10m"), Some(&agent("triage")), None, now);
+        assert_eq!(p.status.issued_at, Some(Time(t(0))));
+        assert_eq!(p.status.expires_at, Some(Time(t(600))));
+    }
+
+    #[test]
+    fn plan_is_idempotent_and_keeps_the_anchor() {
+        let mut tk = task("fix", "1h");
+        let a = agent("triage");
+        let first = step(&mut tk, Some(&a), None, t(0));
+        let anchor = created_anchor(&first, t(0));
+        let second = plan_at(&tk, Some(&a), Some(&anchor), t(5));
+        assert_eq!(second.anchor, AnchorAction::Keep);
+        assert!(second.events.is_empty());
+        assert_eq!(second.status, first.status, "same input, same status: no status write needed");
+        assert_eq!(plan_at(&tk, Some(&a), Some(&anchor), t(5)), second);
+    }
+
+    #[test]
+    fn issued_at_is_kept_once_set() {
+        let mut tk = task("fix", "1h");
+        let a = agent("triage");
+        step(&mut tk, Some(&a), None, t(0));
+        // Even without its anchor (deleted by someone), the task keeps its original expiry.
+        let p = plan_at(&tk, Some(&a), None, t(2000));
+        assert!(matches!(p.anchor, AnchorAction::Apply(_)));
+        assert_eq!((p.status.issued_at, p.status.expires_at), (Some(Time(t(0))), Some(Time(t(3600)))));
+        assert_eq!(p.requeue_after, Duration::from_secs(1600));
+    }
+
+    #[test]
+    fn an_owned_anchor_tells_when_the_task_was_issued_if_the_status_does_not() {
+        let tk = task("fix", "1h");
+        let a = agent("triage");
+        let first = plan_at(&tk, Some(&a), None, t(0));
+        let anchor = created_anchor(&first, t(1));
+        // The status write was lost (or is not read back yet): the anchor's creation is the activation.
+        let p = plan_at(&tk, Some(&a), Some(&anchor), t(30));
+        assert_eq!(p.anchor, AnchorAction::Keep);
+        assert_eq!((p.status.issued_at, p.status.expires_at), (Some(Time(t(1))), Some(Time(t(3601)))));
+        // A Secret that is not this task's says nothing about it.
+        let mut foreign = anchor.clone();
+        foreign.metadata.owner_references = None;
+        assert_eq!(issued_at(&tk, Some(&foreign)), None);
+    }
+
+    #[test]
+    fn expiry_boundary_is_exact_and_revokes() {
+        let mut tk = task("fix", "10m");
+        let a = agent("triage");
+        let first = step(&mut tk, Some(&a), None, t(0));
+        let anchor = created_anchor(&first, t(0));
+        let before = plan_at(&tk, Some(&a), Some(&anchor), t(599));
+        assert_eq!((before.phase, before.anchor.clone()), (TaskPhase::Active, AnchorAction::Keep));
+        assert_eq!(before.requeue_after, MIN_REQUEUE);
+        let at = plan_at(&tk, Some(&a), Some(&anchor), t(600));
+        assert_eq!(at.phase, TaskPhase::Expired);
+        assert_eq!(at.anchor, AnchorAction::Delete(Revocation::Expired));
+        assert_eq!(at.status.anchor, None);
+        assert_eq!(at.status.expires_at, Some(Time(t(600))));
+        let (status, reason, message) = ready(&at);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", reason::EXPIRED));
+        assert!(message.contains("2027-01-15T08:10:00Z"), "{message}");
+        assert_eq!(at.events[0].reason, reason::TASK_EXPIRED);
+        assert_eq!(at.requeue_after, RESYNC);
+    }
+
+    #[test]
+    fn terminal_phases_stay_terminal() {
+        let a = agent("triage");
+        // Expired stays Expired, even if the clock (or a restored status) says otherwise.
+        let mut tk = task("fix", "10m");
+        step(&mut tk, Some(&a), None, t(0));
+        step(&mut tk, Some(&a), None, t(600));
+        let p = plan_at(&tk, Some(&a), None, t(10));
+        assert_eq!((p.phase, p.anchor), (TaskPhase::Expired, AnchorAction::Keep));
+        assert!(p.events.is_empty());
+        // Completed stays Completed, whatever happens to spec.completed or the agent.
+        let mut tk = task("done", "1h");
+        step(&mut tk, Some(&a), None, t(0));
+        tk.spec.completed = true;
+        assert_eq!(step(&mut tk, Some(&a), None, t(1)).phase, TaskPhase::Completed);
+        tk.spec.completed = false;
+        assert_eq!(plan_at(&tk, Some(&a), None, t(2)).phase, TaskPhase::Completed);
+        assert_eq!(plan_at(&tk, None, None, t(2)).phase, TaskPhase::Completed);
+        assert_eq!(plan_at(&tk, Some(&a), None, t(7200)).phase, TaskPhase::Completed, "no later Expired");
+    }
+
+    #[test]
+    fn completing_the_task_deletes_its_anchor() {
+        let mut tk = task("fix", "1h");
+        let a = agent("triage");
+        let first = step(&mut tk, Some(&a), None, t(0));
+        let anchor = created_anchor(&first, t(0));
+        tk.spec.completed = true;
+        tk.metadata.generation = Some(2);
+        let p = plan_at(&tk, Some(&a), Some(&anchor), t(60));
+        assert_eq!(p.phase, TaskPhase::Completed);
+        assert_eq!(p.anchor, AnchorAction::Delete(Revocation::Completed));
+        assert_eq!(p.status.anchor, None);
+        assert_eq!(p.status.issued_at, Some(Time(t(0))), "the record of the task stays");
+        assert_eq!(p.status.observed_generation, Some(2));
+        assert_eq!(ready(&p).1, reason::COMPLETED);
+        assert_eq!(p.events[0].reason, reason::TASK_COMPLETED);
+        assert!(!p.events[0].warning);
+        // Completed before it ever became Active: Completed, never issued.
+        let mut never = task("never", "1h");
+        never.spec.completed = true;
+        let p = plan_at(&never, None, None, t(0));
+        assert_eq!((p.phase, p.anchor, p.status.issued_at), (TaskPhase::Completed, AnchorAction::Keep, None));
+    }
+
+    #[test]
+    fn missing_agent_is_pending_without_anchor() {
+        let p = plan_at(&task("fix", "1h"), None, None, t(0));
+        assert_eq!((p.phase, p.anchor.clone()), (TaskPhase::Pending, AnchorAction::Keep));
+        let (status, reason, message) = ready(&p);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", reason::AGENT_NOT_FOUND));
+        assert!(message.contains("triage") && message.contains("agents"), "{message}");
+        assert_eq!((p.status.issued_at.clone(), p.status.expires_at.clone(), p.status.anchor.clone()), (None, None, None));
+        assert_eq!(p.events[0].reason, reason::TASK_PENDING);
+        assert!(p.events[0].warning);
+        assert_eq!(p.requeue_after, RESYNC);
+    }
+
+    #[test]
+    fn agent_deleted_while_active_removes_the_anchor_but_keeps_the_expiry() {
+        let mut tk = task("fix", "1h");
+        let a = agent("triage");
+        let anchor = created_anchor(&step(&mut tk, Some(&a), None, t(0)), t(0));
+        let p = plan_at(&tk, None, Some(&anchor), t(2000));
+        assert_eq!(p.phase, TaskPhase::Pending);
+        assert_eq!(p.anchor, AnchorAction::Delete(Revocation::AgentChanged));
+        assert_eq!(p.status.expires_at, Some(Time(t(3600))));
+        assert_eq!(p.requeue_after, Duration::from_secs(1600), "still expires on time");
+        assert_eq!(plan_at(&tk, None, None, t(3600)).phase, TaskPhase::Expired);
+    }
+
+    #[test]
+    fn audiences_must_be_a_subset_of_the_agents() {
+        let mut tk = task("fix", "1h");
+        tk.spec.audiences = vec![AUDIENCE.into(), "https://evil.example.com".into(), "https://other.example.com".into()];
+        let p = plan_at(&tk, Some(&agent("triage")), None, t(0));
+        assert_eq!((p.phase, p.anchor.clone()), (TaskPhase::Pending, AnchorAction::Keep));
+        let (status, reason, message) = ready(&p);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", reason::AUDIENCE_NOT_ALLOWED));
+        assert!(message.contains("https://evil.example.com") && message.contains("https://other.example.com"), "{message}");
+        assert!(!message.contains(AUDIENCE), "names only the offending audiences: {message}");
+        assert_eq!(p.status.issued_at, None);
+        // The agent's own audiences, in any order and any subset, are fine.
+        tk.spec.audiences = vec!["https://payments.example.com".into(), AUDIENCE.into()];
+        assert_eq!(plan_at(&tk, Some(&agent("triage")), None, t(0)).phase, TaskPhase::Active);
+    }
+
+    #[test]
+    fn agent_narrowing_its_audiences_withdraws_an_active_task() {
+        let mut tk = task("fix", "1h");
+        let mut a = agent("triage");
+        let anchor = created_anchor(&step(&mut tk, Some(&a), None, t(0)), t(0));
+        a.spec.audiences = vec!["https://payments.example.com".into()];
+        let p = plan_at(&tk, Some(&a), Some(&anchor), t(10));
+        assert_eq!((p.phase, p.anchor), (TaskPhase::Pending, AnchorAction::Delete(Revocation::AgentChanged)));
+    }
+
+    #[test]
+    fn suspension_revokes_and_resumption_restores_before_expiry_only() {
+        let mut tk = task("fix", "20m");
+        let mut a = agent("triage");
+        let anchor = created_anchor(&step(&mut tk, Some(&a), None, t(0)), t(0));
+        a.spec.suspended = true;
+        let p = step(&mut tk, Some(&a), Some(&anchor), t(100));
+        assert_eq!((p.phase, p.anchor.clone()), (TaskPhase::Revoked, AnchorAction::Delete(Revocation::Suspended)));
+        let (status, reason, _) = ready(&p);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", reason::AGENT_SUSPENDED));
+        assert_eq!(p.events[0].reason, reason::TASK_REVOKED);
+        assert!(p.events[0].warning);
+        assert_eq!(p.status.anchor, None);
+        assert_eq!(p.requeue_after, Duration::from_secs(1100), "becomes Expired on time while suspended");
+
+        // Resumed before expiry: Active again, a new anchor, the same expiry (suspension does not extend it).
+        a.spec.suspended = false;
+        let mut resumed = tk.clone();
+        let p = step(&mut resumed, Some(&a), None, t(200));
+        assert_eq!(p.phase, TaskPhase::Active);
+        assert!(matches!(p.anchor, AnchorAction::Apply(_)));
+        assert_eq!((p.status.issued_at, p.status.expires_at), (Some(Time(t(0))), Some(Time(t(1200)))));
+        assert_eq!(p.events[0].reason, reason::TASK_ACTIVATED);
+
+        // Still suspended at expiry: Expired (final), and resuming changes nothing.
+        a.spec.suspended = true;
+        let p = step(&mut tk, Some(&a), None, t(1200));
+        assert_eq!((p.phase, p.anchor.clone()), (TaskPhase::Expired, AnchorAction::Keep));
+        a.spec.suspended = false;
+        assert_eq!(plan_at(&tk, Some(&a), None, t(1300)).phase, TaskPhase::Expired);
+    }
+
+    #[test]
+    fn suspended_before_first_activation_never_starts_the_clock() {
+        let mut a = agent("triage");
+        a.spec.suspended = true;
+        let mut tk = task("fix", "10m");
+        let p = step(&mut tk, Some(&a), None, t(0));
+        assert_eq!((p.phase, p.status.issued_at.clone()), (TaskPhase::Revoked, None));
+        a.spec.suspended = false;
+        let p = step(&mut tk, Some(&a), None, t(5000));
+        assert_eq!(p.phase, TaskPhase::Active);
+        assert_eq!((p.status.issued_at, p.status.expires_at), (Some(Time(t(5000))), Some(Time(t(5600)))));
+    }
+
+    #[test]
+    fn agent_without_its_own_service_account_gets_no_anchor() {
+        let mut a = agent("triage");
+        a.status = None;
+        let p = plan_at(&task("fix", "1h"), Some(&a), None, t(0));
+        assert_eq!((p.phase, p.anchor.clone()), (TaskPhase::Pending, AnchorAction::Keep));
+        assert_eq!(ready(&p).1, reason::AGENT_NOT_READY);
+        a.status =
+            Some(AgentIdentityStatus { service_account_name: Some("someone-elses".into()), ..Default::default() });
+        assert_eq!(plan_at(&task("fix", "1h"), Some(&a), None, t(0)).phase, TaskPhase::Pending);
+    }
+
+    #[test]
+    fn foreign_secret_of_the_anchor_name_is_a_conflict_never_touched() {
+        let tk = task("fix", "1h");
+        let a = agent("triage");
+        let foreign = Secret {
+            metadata: ObjectMeta {
+                name: Some("agentid-task-fix".into()),
+                namespace: Some("agents".into()),
+                uid: Some("uid-foreign".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = plan_at(&tk, Some(&a), Some(&foreign), t(0));
+        assert_eq!((p.phase, p.anchor.clone()), (TaskPhase::Pending, AnchorAction::Keep));
+        let (status, reason, message) = ready(&p);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", reason::ANCHOR_CONFLICT));
+        assert!(message.contains("agents/agentid-task-fix"), "{message}");
+        assert_eq!((p.status.issued_at.clone(), p.status.expires_at.clone(), p.status.anchor.clone()), (None, None, None));
+        assert!(p.events[0].warning);
+        assert_eq!(p.requeue_after, CONFLICT_RETRY);
+
+        // The anchor of another task (say, a deleted and re-created one of the same name) is foreign too.
+        let other = created_anchor(&plan_at(&task("fix", "1h"), Some(&a), None, t(0)), t(0));
+        let mut recreated = task("fix", "1h");
+        recreated.metadata.uid = Some("uid-task-fix-2".into());
+        assert_eq!(ready(&plan_at(&recreated, Some(&a), Some(&other), t(0))).1, reason::ANCHOR_CONFLICT);
+
+        // Not Active: a foreign Secret is not deleted either.
+        let mut done = tk.clone();
+        done.spec.completed = true;
+        assert_eq!(plan_at(&done, Some(&a), Some(&foreign), t(0)).anchor, AnchorAction::Keep);
+    }
+
+    #[test]
+    fn events_only_when_the_phase_changes() {
+        let mut tk = task("fix", "10m");
+        let mut a = agent("triage");
+        let mut reasons = Vec::new();
+        let mut record = |p: TaskPlan| reasons.extend(p.events.iter().map(|e| e.reason));
+        record(step(&mut tk, None, None, t(0)));
+        record(step(&mut tk, None, None, t(1)));
+        record(step(&mut tk, Some(&a), None, t(2)));
+        record(step(&mut tk, Some(&a), None, t(3)));
+        a.spec.suspended = true;
+        record(step(&mut tk, Some(&a), None, t(4)));
+        record(step(&mut tk, Some(&a), None, t(5)));
+        a.spec.suspended = false;
+        record(step(&mut tk, Some(&a), None, t(6)));
+        record(step(&mut tk, Some(&a), None, t(602)));
+        record(step(&mut tk, Some(&a), None, t(700)));
+        assert_eq!(
+            reasons,
+            vec![
+                reason::TASK_PENDING,
+                reason::TASK_ACTIVATED,
+                reason::TASK_REVOKED,
+                reason::TASK_ACTIVATED,
+                reason::TASK_EXPIRED
+            ]
+        );
+    }
+
+    #[test]
+    fn requeue_lands_on_expiry_within_bounds() {
+        let a = agent("triage");
+        let p = plan_at(&task("long", "12h"), Some(&a), None, t(0));
+        assert_eq!(p.requeue_after, RESYNC);
+        let mut tk = task("fix", "10m");
+        step(&mut tk, Some(&a), None, t(0));
+        let near = t(599).checked_add(SignedDuration::from_millis(900)).unwrap();
+        assert_eq!(plan_at(&tk, Some(&a), None, near).requeue_after, MIN_REQUEUE);
+        assert_eq!(plan_at(&tk, Some(&a), None, t(300)).requeue_after, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn invalid_ttl_is_pending_not_a_panic() {
+        let p = plan_at(&task("fix", "forever"), Some(&agent("triage")), None, t(0));
+        assert_eq!((p.phase, ready(&p).1.as_str()), (TaskPhase::Pending, reason::INVALID_SPEC));
+        assert_eq!(p.anchor, AnchorAction::Keep);
+    }
+
+    #[test]
+    fn anchor_names_fit_and_label_values_are_valid() {
+        assert_eq!(anchor_name("fix"), "agentid-task-fix");
+        let long = "x".repeat(250);
+        let name = anchor_name(&long);
+        assert!(name.len() <= MAX_NAME_LEN && name.starts_with(ANCHOR_NAME_PREFIX), "{name}");
+        assert_ne!(name, anchor_name(&format!("{}y", "x".repeat(249))));
+        let labels = task_labels(&"a".repeat(100), &long);
+        assert!(labels.values().all(|v| v.len() <= MAX_LABEL_VALUE_LEN));
+    }
+
+    #[test]
+    fn tasks_map_to_their_agent_in_the_same_namespace() {
+        let tk = task("fix", "1h");
+        assert!(is_for_agent(&tk, &agent("triage")));
+        assert!(!is_for_agent(&tk, &agent("other")));
+        let mut elsewhere = agent("triage");
+        elsewhere.metadata.namespace = Some("other-ns".into());
+        assert!(!is_for_agent(&tk, &elsewhere));
+    }
+
+    #[test]
+    fn status_patch_removes_what_the_status_leaves_out() {
+        let mut tk = task("fix", "1h");
+        let a = agent("triage");
+        step(&mut tk, Some(&a), None, t(0));
+        tk.spec.completed = true;
+        let p = plan_at(&tk, Some(&a), None, t(1));
+        let patch = status_patch(&p.status);
+        assert_eq!(patch["status"]["anchor"], Value::Null);
+        assert!(patch["status"].as_object().unwrap().contains_key("anchor"));
+        assert_eq!(patch["status"]["phase"], "Completed");
+        assert_eq!(patch["status"]["issuedAt"], "2027-01-15T08:00:00Z");
+        let active = plan_at(&task("x", "1h"), Some(&a), None, t(0));
+        assert_eq!(status_patch(&active.status)["status"]["anchor"], "agentid-task-x");
+    }
+
+    #[test]
+    fn objects_without_identity_fields_are_refused_not_panicked() {
+        let mut tk = task("fix", "1h");
+        tk.metadata.uid = None;
+        assert_eq!(plan(&tk, None, None, t(0)), Err(PlanError::MissingField("metadata.uid")));
+        tk.metadata.namespace = None;
+        assert!(plan(&tk, None, None, t(0)).is_err());
+    }
+
+    /// An Active task (as the controller leaves it) and its anchor (as the apiserver returns it).
+    fn active(ttl: &str, agent: &AgentIdentity) -> (AgentTask, Secret) {
+        let mut tk = task("fix", ttl);
+        let anchor = created_anchor(&step(&mut tk, Some(agent), None, t(0)), t(0));
+        (tk, anchor)
+    }
+
+    #[test]
+    fn token_request_binds_the_anchor_and_the_task_audiences() {
+        let a = agent("triage");
+        let (tk, anchor) = active("1h", &a);
+        let tr = token_request(&tk, &a, &anchor, t(60)).unwrap();
+        let spec = tr.spec.unwrap();
+        assert_eq!(spec.audiences, Some(vec![AUDIENCE.to_string()]), "the task's audiences, not all the agent's");
+        assert_eq!(
+            spec.bound_object_ref,
+            Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Secret".into()),
+                name: Some("agentid-task-fix".into()),
+                uid: Some("uid-anchor-1".into()),
+            })
+        );
+        assert_eq!(spec.expiration_seconds, Some(1800), "the agent's tokenTTL while the task has longer");
+        assert!(tr.status.is_none());
+    }
+
+    #[test]
+    fn token_lifetime_is_shortened_to_the_task_but_never_below_the_apiserver_minimum() {
+        let mut a = agent("triage");
+        let (tk, anchor) = active("1h", &a);
+        let secs = |a: &AgentIdentity, now| token_request(&tk, a, &anchor, now).unwrap().spec.unwrap().expiration_seconds;
+        assert_eq!(secs(&a, t(2400)), Some(1200), "20 minutes left");
+        assert_eq!(secs(&a, t(1800)), Some(1800), "exactly the tokenTTL left");
+        assert_eq!(secs(&a, t(3000)), Some(600), "10 minutes left");
+        assert_eq!(secs(&a, t(3400)), Some(MIN_TOKEN_SECS), "less than 10 minutes left: the minimum");
+        assert_eq!(secs(&a, t(3599)), Some(MIN_TOKEN_SECS));
+        a.spec.token_ttl = "10m".into();
+        assert_eq!(secs(&a, t(0)), Some(600));
+        a.spec.token_ttl = "soon".into();
+        assert!(matches!(token_request(&tk, &a, &anchor, t(0)), Err(TaskError::InvalidTokenTtl { .. })));
+    }
+
+    #[test]
+    fn no_token_for_a_task_that_is_not_active_or_not_this_agents() {
+        let a = agent("triage");
+        let (tk, anchor) = active("1h", &a);
+        assert!(matches!(token_request(&tk, &a, &anchor, t(3600)), Err(TaskError::Expired { .. })));
+
+        let mut done = tk.clone();
+        done.spec.completed = true;
+        step(&mut done, Some(&a), Some(&anchor), t(10));
+        let err = token_request(&done, &a, &anchor, t(11)).unwrap_err();
+        assert!(matches!(&err, TaskError::NotActive { phase, .. } if phase == "Completed"), "{err}");
+        assert!(matches!(token_request(&task("new", "1h"), &a, &anchor, t(0)), Err(TaskError::NotActive { .. })));
+
+        let mut suspended = a.clone();
+        suspended.spec.suspended = true;
+        assert_eq!(token_request(&tk, &suspended, &anchor, t(1)), Err(TaskError::AgentSuspended("triage".into())));
+        assert!(matches!(token_request(&tk, &agent("other"), &anchor, t(1)), Err(TaskError::WrongAgent { .. })));
+        let mut narrowed = a.clone();
+        narrowed.spec.audiences = vec!["https://payments.example.com".into()];
+        assert!(matches!(token_request(&tk, &narrowed, &anchor, t(1)), Err(TaskError::AudienceNotAllowed { .. })));
+    }
+
+    #[test]
+    fn no_token_bound_to_a_secret_that_is_not_the_tasks_anchor() {
+        let a = agent("triage");
+        let (tk, anchor) = active("1h", &a);
+        let mut unread = anchor.clone();
+        unread.metadata.uid = None;
+        assert_eq!(
+            token_request(&tk, &a, &unread, t(1)),
+            Err(TaskError::AnchorWithoutUid("agentid-task-fix".into()))
+        );
+        let mut foreign = anchor.clone();
+        foreign.metadata.owner_references = None;
+        assert!(matches!(token_request(&tk, &a, &foreign, t(1)), Err(TaskError::NotTheAnchor { .. })));
+        let mut renamed = anchor.clone();
+        renamed.metadata.name = Some("some-other-secret".into());
+        assert!(matches!(token_request(&tk, &a, &renamed, t(1)), Err(TaskError::NotTheAnchor { .. })));
+    }
 }

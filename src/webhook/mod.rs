@@ -2,6 +2,7 @@
 //! served with rustls. Every replica serves (no leader needed).
 
 pub mod tls;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

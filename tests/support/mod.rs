@@ -12,11 +12,18 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
+use std::collections::BTreeMap;
+
+use agentid::cli::run::{RunArgs, start_webhook};
 use agentid::controller::{Context, OperatorConfig};
+use agentid::probes::Readiness;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use kube::api::DeleteParams;
 use agentid::metrics::Metrics;
 
 static CRDS: OnceCell<()> = OnceCell::const_new();
@@ -100,7 +107,8 @@ pub fn start_operator(client: &Client, config: OperatorConfig) -> Operator {
     let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
     let handles = vec![
         tokio::spawn(agentid::controller::identity::run(ctx.clone())),
-        tokio::spawn(agentid::controller::toolgrant::run(ctx)),
+        tokio::spawn(agentid::controller::toolgrant::run(ctx.clone())),
+        tokio::spawn(agentid::controller::task::run(ctx)),
     ];
     Operator { handles, metrics }
 }
@@ -124,4 +132,98 @@ where
 /// Parses a YAML object into a typed resource.
 pub fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
     serde_norway::from_str(yaml).expect("test fixture YAML")
+}
+
+/// An HTTPS server of the operator (webhook + token broker), in-process, scoped to
+/// namespaces labeled `agentid.dev/test-scope=<scope>`, registered with a `url:` client config.
+pub struct Webhook {
+    pub client: Client,
+    pub name: String,
+    pub scope: String,
+    pub metrics: Arc<Metrics>,
+    pub operator_ns: String,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Webhook {
+    pub async fn start(client: &Client, scope: &str) -> Webhook {
+        let operator_ns = namespace(client, "agentid-op").await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let name = format!("agentid-test-{scope}");
+        let args = RunArgs {
+            trust_domain: "cluster.local".into(),
+            probe_addr: "127.0.0.1:0".parse().unwrap(),
+            watch_namespace: None,
+            instance: None,
+            operator_namespace: operator_ns.clone(),
+            service_account: "agentid".into(),
+            no_leader_elect: true,
+            no_webhook: false,
+            webhook_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            webhook_url: Some(format!("https://127.0.0.1:{port}")),
+            webhook_service: "agentid".into(),
+            webhook_configuration: name.clone(),
+            no_webhook_registration: false,
+            webhook_scope: Some(format!("agentid.dev/test-scope={scope}")),
+            tls_cert_file: None,
+            tls_key_file: None,
+            ca_bundle_file: None,
+            exceptions_file: None,
+            token_audience: "agentid".into(),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let ready = Arc::new(Readiness::default());
+        let addr = start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await.expect("webhook starts");
+        assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
+        let w = Webhook { client: client.clone(), name, scope: scope.to_string(), metrics, operator_ns, addr };
+        w.label(&w.operator_ns.clone(), Some("enforce")).await;
+        w
+    }
+
+    /// Labels a namespace into this webhook's scope with a mode (or only the scope).
+    pub async fn label(&self, ns: &str, mode: Option<&str>) {
+        let mut labels = BTreeMap::from([("agentid.dev/test-scope".to_string(), self.scope.clone())]);
+        if let Some(m) = mode {
+            labels.insert("agentid.dev/enforcement".into(), m.into());
+        }
+        let patch = serde_json::json!({"metadata": {"labels": labels}});
+        Api::<Namespace>::all(self.client.clone()).patch(ns, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+
+    pub async fn stop(self) {
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        api.delete(&self.name, &DeleteParams::default()).await.unwrap();
+    }
+}
+
+
+impl Webhook {
+    /// The CA that signs the server's certificate (from its self-managed Secret).
+    pub async fn ca_pem(&self) -> Vec<u8> {
+        let s: Secret = Api::namespaced(self.client.clone(), &self.operator_ns).get(&format!("{}-webhook-tls", self.name)).await.unwrap();
+        s.data.unwrap()["ca.crt"].0.clone()
+    }
+
+    /// `POST path` over TLS (verified against the CA) with an optional bearer token: `(status, body)`.
+    pub async fn post(&self, path: &str, bearer: Option<&str>) -> (u16, String) {
+        use rustls_pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&self.ca_pem().await) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tls.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
 }

@@ -1,0 +1,161 @@
+//! AgentTask controller: keeps each task's phase, status and anchor Secret in
+//! line. The anchor exists while the task is Active; deleting it (task
+//! completed, expired, agent suspended, task deleted) revokes every token
+//! issued for the task. Wakes up at the task's expiry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tracing::{debug, info, instrument, warn};
+
+use super::Context;
+use super::identity::FINALIZER;
+use super::toolgrant::delete_exactly;
+use crate::api::{AgentIdentity, AgentTask, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::core::identity::{PlanError, is_owned_by};
+use crate::core::task::{self, AnchorAction, Revocation, TaskPlan};
+use crate::error::{Error, Result};
+
+const KIND: &str = "AgentTask";
+
+/// Runs the controller until the stream ends (shutdown).
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let tasks: Api<AgentTask> = ctx.config.api(client.clone());
+    let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
+    let secrets: Api<Secret> = ctx.config.api(client);
+    // Only Secrets agentid labelled as its own: anchors, which carry no data.
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(tasks, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(secrets, owned)
+        // An agent that appears, goes, is suspended, resumed or changes its audiences changes its tasks' phase.
+        .watches(agents, watcher::Config::default(), move |agent| tasks_of(&store, &agent))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// The tasks (known to the controller's own cache) whose agentRef names `agent`.
+fn tasks_of(store: &Store<AgentTask>, agent: &AgentIdentity) -> Vec<ObjectRef<AgentTask>> {
+    store.state().iter().filter(|t| task::is_for_agent(t, agent)).map(|t| ObjectRef::from_obj(t.as_ref())).collect()
+}
+
+#[instrument(skip_all, fields(namespace = task.namespace().unwrap_or_default(), name = task.name_any()))]
+pub async fn reconcile(task: Arc<AgentTask>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = task.namespace().ok_or(Error::Plan(PlanError::MissingField("metadata.namespace")))?;
+    let api: Api<AgentTask> = Api::namespaced(ctx.client.clone(), &ns);
+    let res = finalizer(&api, FINALIZER, task, |event| async {
+        match event {
+            FinalizerEvent::Apply(t) => apply(t, &ctx).await,
+            FinalizerEvent::Cleanup(t) => cleanup(t, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(KIND, started.elapsed().as_secs_f64());
+    res
+}
+
+async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
+    let ns = task.namespace().unwrap_or_default();
+    let agents: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let anchor_name = task::anchor_name(&task.name_any());
+    // fetch
+    let agent = agents.get_opt(&task.spec.agent_ref.name).await?;
+    let anchor = secrets.get_opt(&anchor_name).await?;
+    // decide
+    let now = Timestamp::now();
+    let mut plan = task::plan(&task, agent.as_ref(), anchor.as_ref(), now)?;
+    // apply
+    match &plan.anchor {
+        AnchorAction::Keep => {}
+        AnchorAction::Apply(desired) => {
+            let pp = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() };
+            let anchor = match secrets.create(&pp, desired).await {
+                Ok(created) => {
+                    info!(anchor = %plan.anchor_name, "anchor created");
+                    Some(created)
+                }
+                // Created meanwhile (by an earlier reconcile, or by someone else): decide again on what is there,
+                // which never touches a Secret that is not this task's.
+                Err(kube::Error::Api(s)) if s.code == 409 => secrets.get_opt(&anchor_name).await?,
+                Err(e) => return Err(e.into()),
+            };
+            // The created anchor dates the activation; a foreign one makes the task Pending (AnchorConflict).
+            plan = task::plan(&task, agent.as_ref(), anchor.as_ref(), now)?;
+            if matches!(plan.anchor, AnchorAction::Apply(_)) {
+                // Gone again between create and get: try once more soon, with nothing written.
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+        }
+        AnchorAction::Delete(reason) => {
+            if let Some(a) = &anchor {
+                revoke(&secrets, a, *reason, ctx).await?;
+            }
+        }
+    }
+    if plan.reason == task::reason::ANCHOR_CONFLICT {
+        warn!(anchor = %plan.anchor_name, "a Secret of the anchor's name is not this task's");
+    }
+    // status (only when it changed, so steady state costs no writes)
+    write_status(&task, &plan, ctx).await?;
+    // The phase changes at expiry without any watch event: wake up then.
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+async fn write_status(task: &AgentTask, plan: &TaskPlan, ctx: &Context) -> Result<()> {
+    if task.status.as_ref() == Some(&plan.status) {
+        return Ok(());
+    }
+    let api: Api<AgentTask> = Api::namespaced(ctx.client.clone(), &task.namespace().unwrap_or_default());
+    let patch = task::status_patch(&plan.status);
+    api.patch_status(&task.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ctx.publish(task, "Reconcile", &plan.events).await;
+    Ok(())
+}
+
+/// Deletes the task's own anchor (exactly the fetched one) and counts the revocation.
+async fn revoke(secrets: &Api<Secret>, anchor: &Secret, reason: Revocation, ctx: &Context) -> Result<()> {
+    delete_exactly(secrets, anchor).await?;
+    ctx.metrics.task_revoked(reason.as_str());
+    info!(anchor = %anchor.name_any(), reason = reason.as_str(), "anchor deleted: the task's tokens are revoked");
+    Ok(())
+}
+
+/// Removes the task's anchor, which revokes its tokens; never a Secret of that name it does not own.
+async fn cleanup(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
+    let ns = task.namespace().unwrap_or_default();
+    let uid = task.uid().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(anchor) = secrets.get_opt(&task::anchor_name(&task.name_any())).await?
+        && is_owned_by(&anchor.metadata, &uid)
+    {
+        revoke(&secrets, &anchor, Revocation::Deleted, ctx).await?;
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(task: Arc<AgentTask>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(namespace = ?task.namespace(), name = %task.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(KIND, error.metric_label());
+    Action::requeue(Duration::from_secs(10))
+}
