@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := .cache/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint
+.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster
 
 all: build
 
@@ -40,6 +40,10 @@ unit:
 
 bench:
 	$(CARGO) bench --locked
+
+## Benchmarks against a real local control plane (its own, in .cache/bench-cluster): converge, RSS, token, revocation and admission latency
+bench-cluster:
+	e2e/bench-cluster.sh
 
 lint:
 	$(CARGO) fmt --check

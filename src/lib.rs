@@ -1,6 +1,6 @@
 //! agentid: runtime identities for AI agents on Kubernetes.
 //!
-//! - [`api`]: the CRD types (AgentIdentity, ToolGrant).
+//! - [`api`]: the CRD types (AgentIdentity, ToolGrant, AgentTask).
 //! - [`core`]: every decision, as pure functions (no kube client, no I/O).
 //! - [`controller`], [`probes`]: the I/O shells around the core.
 

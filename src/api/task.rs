@@ -14,6 +14,8 @@ pub const MAX_TASK_TTL_SECS: u64 = 12 * 3600;
 /// an anchor Secret exists, every token issued for the task is bound to it, and the anchor is deleted (so
 /// those tokens stop authenticating) when the task is completed, expires, its agent is suspended, or the
 /// task is deleted.
+// Each printcolumn repeats `type_ = "string"`: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "agentid.dev",

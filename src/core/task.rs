@@ -133,7 +133,8 @@ pub fn decide(task: &AgentTask, agent: Option<&AgentIdentity>, issued: Option<Ti
     let ttl = duration::parse(&task.spec.ttl).ok().and_then(|d| SignedDuration::try_from(d).ok());
     let expiry = |issued: Timestamp| ttl.and_then(|ttl| issued.checked_add(ttl).ok());
     let expires = issued.and_then(expiry);
-    let decision = |phase, reason, message: String| Decision { phase, reason, message, issued_at: issued, expires_at: expires };
+    let decision =
+        |phase, reason, message: String| Decision { phase, reason, message, issued_at: issued, expires_at: expires };
     let completed = || {
         let message = "the task is completed (spec.completed: true): its anchor is deleted, so every token issued for \
                        it is revoked";
@@ -141,7 +142,8 @@ pub fn decide(task: &AgentTask, agent: Option<&AgentIdentity>, issued: Option<Ti
     };
     let expired = |at: Option<Timestamp>| {
         let at = at.map(|t| t.to_string()).unwrap_or_else(|| "its expiry".to_string());
-        let message = format!("the task expired at {at}: its anchor is deleted, so every token issued for it is revoked");
+        let message =
+            format!("the task expired at {at}: its anchor is deleted, so every token issued for it is revoked");
         decision(TaskPhase::Expired, reason::EXPIRED, message)
     };
 
@@ -705,7 +707,10 @@ mod tests {
         let (status, reason, message) = ready(&p);
         assert_eq!((status.as_str(), reason.as_str()), ("False", reason::AGENT_NOT_FOUND));
         assert!(message.contains("triage") && message.contains("agents"), "{message}");
-        assert_eq!((p.status.issued_at.clone(), p.status.expires_at.clone(), p.status.anchor.clone()), (None, None, None));
+        assert_eq!(
+            (p.status.issued_at.clone(), p.status.expires_at.clone(), p.status.anchor.clone()),
+            (None, None, None)
+        );
         assert_eq!(p.events[0].reason, reason::TASK_PENDING);
         assert!(p.events[0].warning);
         assert_eq!(p.requeue_after, RESYNC);
@@ -727,12 +732,16 @@ mod tests {
     #[test]
     fn audiences_must_be_a_subset_of_the_agents() {
         let mut tk = task("fix", "1h");
-        tk.spec.audiences = vec![AUDIENCE.into(), "https://evil.example.com".into(), "https://other.example.com".into()];
+        tk.spec.audiences =
+            vec![AUDIENCE.into(), "https://evil.example.com".into(), "https://other.example.com".into()];
         let p = plan_at(&tk, Some(&agent("triage")), None, t(0));
         assert_eq!((p.phase, p.anchor.clone()), (TaskPhase::Pending, AnchorAction::Keep));
         let (status, reason, message) = ready(&p);
         assert_eq!((status.as_str(), reason.as_str()), ("False", reason::AUDIENCE_NOT_ALLOWED));
-        assert!(message.contains("https://evil.example.com") && message.contains("https://other.example.com"), "{message}");
+        assert!(
+            message.contains("https://evil.example.com") && message.contains("https://other.example.com"),
+            "{message}"
+        );
         assert!(!message.contains(AUDIENCE), "names only the offending audiences: {message}");
         assert_eq!(p.status.issued_at, None);
         // The agent's own audiences, in any order and any subset, are fine.
@@ -825,7 +834,10 @@ mod tests {
         let (status, reason, message) = ready(&p);
         assert_eq!((status.as_str(), reason.as_str()), ("False", reason::ANCHOR_CONFLICT));
         assert!(message.contains("agents/agentid-task-fix"), "{message}");
-        assert_eq!((p.status.issued_at.clone(), p.status.expires_at.clone(), p.status.anchor.clone()), (None, None, None));
+        assert_eq!(
+            (p.status.issued_at.clone(), p.status.expires_at.clone(), p.status.anchor.clone()),
+            (None, None, None)
+        );
         assert!(p.events[0].warning);
         assert_eq!(p.requeue_after, CONFLICT_RETRY);
 
@@ -966,7 +978,8 @@ mod tests {
     fn token_lifetime_is_shortened_to_the_task_but_never_below_the_apiserver_minimum() {
         let mut a = agent("triage");
         let (tk, anchor) = active("1h", &a);
-        let secs = |a: &AgentIdentity, now| token_request(&tk, a, &anchor, now).unwrap().spec.unwrap().expiration_seconds;
+        let secs =
+            |a: &AgentIdentity, now| token_request(&tk, a, &anchor, now).unwrap().spec.unwrap().expiration_seconds;
         assert_eq!(secs(&a, t(2400)), Some(1200), "20 minutes left");
         assert_eq!(secs(&a, t(1800)), Some(1800), "exactly the tokenTTL left");
         assert_eq!(secs(&a, t(3000)), Some(600), "10 minutes left");
@@ -1006,10 +1019,7 @@ mod tests {
         let (tk, anchor) = active("1h", &a);
         let mut unread = anchor.clone();
         unread.metadata.uid = None;
-        assert_eq!(
-            token_request(&tk, &a, &unread, t(1)),
-            Err(TaskError::AnchorWithoutUid("agentid-task-fix".into()))
-        );
+        assert_eq!(token_request(&tk, &a, &unread, t(1)), Err(TaskError::AnchorWithoutUid("agentid-task-fix".into())));
         let mut foreign = anchor.clone();
         foreign.metadata.owner_references = None;
         assert!(matches!(token_request(&tk, &a, &foreign, t(1)), Err(TaskError::NotTheAnchor { .. })));

@@ -1816,49 +1816,4 @@ mod tests {
         assert!(!name_is_secretish(&"TOKEN".repeat(40)));
     }
 
-    /// Rough timing: `cargo test --release --lib detectors::tests::speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn speed() {
-        let pod: Vec<String> = vec![
-            "python".into(),
-            "-m".into(),
-            "agent.serve".into(),
-            "--port=8080".into(),
-            "--log-level=info".into(),
-            "--model=gpt-4o-mini".into(),
-            "--token-file=/var/run/secrets/tokens/agent".into(),
-            "--api-key=$(OPENAI_API_KEY)".into(),
-            "sh -c \"export HOME=/tmp; exec /app/bin/agent --config /etc/agent/config.yaml\"".into(),
-            "https://api.example.com/v1".into(),
-            "agents.svc.cluster.local:4317".into(),
-            "info".into(),
-            "true".into(),
-            "4096".into(),
-            "/data".into(),
-            "us-east-1".into(),
-            "AGENT_NAME=billing-bot".into(),
-            "--max-tokens=4096".into(),
-            "--temperature=0.2".into(),
-            "--timeout=30s".into(),
-        ];
-        let _ = scan_text("warm up");
-        let rounds = 20_000;
-        let t = std::time::Instant::now();
-        let mut n = 0;
-        for _ in 0..rounds {
-            for s in &pod {
-                n += scan_text(std::hint::black_box(s)).len();
-            }
-        }
-        let per_pod = t.elapsed() / rounds;
-        println!("scan_text: {per_pod:?} per pod of {} strings ({n} findings)", pod.len());
-        let t = std::time::Instant::now();
-        for _ in 0..rounds {
-            for s in &pod {
-                n += usize::from(scan_value(Some("SOME_SETTING_TOKEN"), std::hint::black_box(s)).is_some());
-            }
-        }
-        println!("scan_value: {:?} per pod ({n} findings in total)", t.elapsed() / rounds);
-    }
 }

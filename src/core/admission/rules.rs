@@ -243,8 +243,17 @@ pub fn evaluate(w: &Workload, agents: &dyn AgentDirectory) -> Vec<Violation> {
             }
         }
         for (field, words) in [("command", c.command), ("args", c.args)] {
-            for (i, word) in words.into_iter().flatten().enumerate() {
-                for f in detectors::scan_text(word) {
+            let words = words.map(Vec::as_slice).unwrap_or_default();
+            for (i, word) in words.iter().enumerate() {
+                let mut found = detectors::scan_text(word);
+                // `--api-key <value>`: the flag names the value in the next word.
+                if i > 0 && words[i - 1].starts_with('-') && !words[i - 1].contains('=') && !word.starts_with('-')
+                    && let Some(f) = detectors::scan_value(Some(&words[i - 1]), word)
+                    && !found.contains(&f)
+                {
+                    found.push(f);
+                }
+                for f in found {
                     let what = format!("(container {:?}) holds a literal {} [{}]", c.name, f.description, f.detector);
                     r.add(RuleId::HardcodedCredential, &format!("{cpath}.{field}[{i}]"), &what, FIX_HARDCODED);
                 }
@@ -666,6 +675,57 @@ volumes: [{name: s, secret: {secretName: s}}]";
             assert_eq!(RuleId::parse(r.as_str()), Some(r));
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::json!(r.as_str()));
         }
+    }
+
+    #[test]
+    fn hardcoded_credentials_in_env_args_and_commands_are_named_not_echoed() {
+        let gh = format!("ghp_{}", "a1B2c3D4e5".repeat(4).chars().take(36).collect::<String>());
+        let aws = format!("AKIA{}", "Q7RT2XZ9MN4KW8PL");
+        let generic = "Zq8#vR2!pL9$wX4@kT7";
+        let spec = format!(
+            "serviceAccountName: web
+containers:
+- name: app
+  image: x
+  env:
+  - {{name: GITHUB_TOKEN, value: '{gh}'}}
+  - {{name: DB_PASSWORD, value: '{generic}'}}
+  - {{name: SUPPORT_EMAIL, value: help@example.com}}
+  - {{name: API_URL, value: 'https://api.example.com/v1'}}
+  - {{name: TOKEN_FROM_ENV, value: '$(GITHUB_TOKEN)'}}
+  command: [sh, -c, 'export AWS_ACCESS_KEY_ID={aws}; exec app']
+  args: [--api-key, '{generic}', --verbose]"
+        );
+        let v = eval(&deployment("{app: web}", &spec));
+        let found: Vec<_> = v.iter().map(|v| (v.rule.as_str(), v.path.as_str())).collect();
+        assert_eq!(
+            found,
+            vec![
+                ("hardcoded-credential", "spec.template.spec.containers[0].env[0].value"),
+                ("hardcoded-credential", "spec.template.spec.containers[0].env[1].value"),
+                ("hardcoded-credential", "spec.template.spec.containers[0].command[2]"),
+                ("hardcoded-credential", "spec.template.spec.containers[0].args[1]"),
+            ]
+        );
+        assert!(v[0].message.contains("[github-token]") && v[2].message.contains("[aws-access-key-id]"), "{v:?}");
+        for violation in &v {
+            assert!(!violation.message.contains(&gh) && !violation.message.contains(generic) && !violation.message.contains(&aws));
+        }
+    }
+
+    #[test]
+    fn documented_example_keys_and_placeholders_pass() {
+        let spec = "serviceAccountName: web
+containers:
+- name: app
+  image: x
+  env:
+  - {name: AWS_ACCESS_KEY_ID, value: AKIAIOSFODNN7EXAMPLE}
+  - {name: API_TOKEN, value: '${API_TOKEN}'}
+  - {name: PASSWORD, value: '{{ .Values.password }}'}
+  - {name: PASSWORD_FILE, value: /etc/secret/pw}
+  args: [--token, $(TOKEN)]";
+        assert_eq!(eval(&deployment("{app: web}", spec)), vec![]);
     }
 
     #[test]

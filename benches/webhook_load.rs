@@ -1,0 +1,212 @@
+//! The admission webhook over HTTPS on 127.0.0.1: latency at a fixed 1,000
+//! requests/s (open loop, measured from each request's scheduled time, so a
+//! stall is not hidden) and peak throughput (closed loop). Client and server
+//! share this process and the machine's cores. `cargo bench --bench webhook_load`.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
+use k8s_openapi::jiff::Timestamp;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use agentid::api::AgentIdentity;
+use agentid::core::admission::exceptions::ExceptionSet;
+use agentid::core::admission::review::UserInfo;
+use agentid::core::admission::rules::StaticDirectory;
+use agentid::metrics::Metrics;
+use agentid::webhook::{AccessReviewer, WebhookState, router, tls};
+
+struct NoReviews;
+impl AccessReviewer for NoReviews {
+    fn allowed<'a>(&'a self, _: &'a UserInfo, _: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+fn typical() -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "triage-bot", "namespace": "agents", "labels": {"app": "triage-bot"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "triage-bot"}}, "template": {
+            "metadata": {"labels": {"app": "triage-bot", "agentid.dev/agent": "triage-bot", "version": "1.4.2"}},
+            "spec": {
+                "serviceAccountName": "agent-triage-bot", "automountServiceAccountToken": false,
+                "initContainers": [{"name": "proxy", "image": "registry.example.com/egress-proxy:3", "restartPolicy": "Always",
+                    "args": ["--listen=127.0.0.1:15001", "--upstream-timeout=30s", "--log-level=info"]}],
+                "containers": [
+                    {"name": "agent", "image": "registry.example.com/triage-bot:1.4.2",
+                     "command": ["python", "-m", "triage_bot"], "args": ["--queue", "support", "--max-steps", "40"],
+                     "env": [
+                        {"name": "LOG_LEVEL", "value": "info"}, {"name": "TOKEN_PATH", "value": "/var/run/agentid/token"},
+                        {"name": "TOOLS_URL", "value": "https://tools.example.com/v1"}, {"name": "MODEL", "value": "large-2026-05"},
+                        {"name": "MAX_TOKENS", "value": "4096"}, {"name": "SUPPORT_EMAIL", "value": "help@example.com"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "REGION", "value": "eu-west-1"}, {"name": "FEATURE_FLAGS", "value": "triage,summarize"},
+                        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector:4317"}],
+                     "envFrom": [{"configMapRef": {"name": "triage-bot-settings"}}],
+                     "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+                     "volumeMounts": [{"name": "agent-token", "mountPath": "/var/run/agentid"}, {"name": "cache", "mountPath": "/cache"}]},
+                    {"name": "metrics", "image": "registry.example.com/exporter:1", "args": ["--port=9090"]}],
+                "volumes": [
+                    {"name": "agent-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "https://tools.example.com", "expirationSeconds": 600, "path": "token"}}]}},
+                    {"name": "cache", "emptyDir": {}}]}}}
+    })
+}
+
+fn body() -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "b", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"}, "namespace": "agents",
+                "operation": "CREATE", "userInfo": {"username": "dev"}, "object": typical()}}))
+        .unwrap(),
+    )
+}
+
+type Conn = SendRequest<Full<Bytes>>;
+
+async fn connect(addr: std::net::SocketAddr, ca: &[u8]) -> Conn {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send(conn: &mut Conn, body: &Bytes) {
+    conn.ready().await.unwrap();
+    let req = hyper::Request::post("/validate/workloads/enforce")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    let res = conn.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["response"]["allowed"], true);
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn row(name: &str, mut lat: Vec<Duration>, wall: Duration) {
+    lat.sort();
+    let us = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e6);
+    println!(
+        "| {name} | {} | {:.0} | {} | {} | {} | {} |",
+        lat.len(),
+        lat.len() as f64 / wall.as_secs_f64(),
+        us(pct(&lat, 0.5)),
+        us(pct(&lat, 0.9)),
+        us(pct(&lat, 0.99)),
+        us(*lat.last().unwrap())
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: run briefly then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let now = Timestamp::now();
+        let (ca, ca_key) = tls::generate_ca(now).unwrap();
+        let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
+        let agent: AgentIdentity = serde_json::from_value(json!({"apiVersion": "agentid.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "triage-bot", "namespace": "agents"},
+            "spec": {"owner": "team", "audiences": ["https://tools.example.com"], "tokenTTL": "15m"}}))
+        .unwrap();
+        let state = Arc::new(WebhookState {
+            agents: Arc::new(StaticDirectory::new([agent].iter(), "default")),
+            reviewer: Arc::new(NoReviews),
+            exceptions: RwLock::new(ExceptionSet::default()),
+            metrics: Arc::new(Metrics::default()),
+        });
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes()).await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = axum_server::from_tcp_rustls(listener, config).unwrap();
+        tokio::spawn(server.serve(router(state).into_make_service()));
+
+        let body = body();
+        let ca = ca.into_bytes();
+        let (rate_secs, peak_secs) = if quick { (1, 1) } else { (10, 5) };
+
+        // Warm up.
+        let mut c = connect(addr, &ca).await;
+        for _ in 0..200 {
+            send(&mut c, &body).await;
+        }
+
+        println!("\n| webhook over HTTPS, typical pod | requests | req/s | p50 µs | p90 µs | p99 µs | max µs |");
+        println!("|---|---|---|---|---|---|---|");
+
+        // Open loop at 1,000 req/s over a pool of keep-alive connections.
+        let pool: Arc<Mutex<Vec<Conn>>> = Arc::new(Mutex::new(Vec::new()));
+        for _ in 0..16 {
+            pool.lock().await.push(connect(addr, &ca).await);
+        }
+        let total = 1000 * rate_secs;
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(total);
+        for i in 0..total {
+            let due = start + Duration::from_micros(1000 * i as u64);
+            tokio::time::sleep_until(due).await;
+            let (pool, body) = (pool.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conn = loop {
+                    if let Some(c) = pool.lock().await.pop() {
+                        break c;
+                    }
+                    tokio::task::yield_now().await;
+                };
+                send(&mut conn, &body).await;
+                let lat = due.elapsed();
+                pool.lock().await.push(conn);
+                lat
+            }));
+        }
+        let mut lat = Vec::with_capacity(total);
+        for t in tasks {
+            lat.push(t.await.unwrap());
+        }
+        row("fixed 1,000 req/s (16 conns)", lat, start.elapsed());
+
+        // Closed loop: as fast as 8 connections go.
+        let deadline = Instant::now() + Duration::from_secs(peak_secs);
+        let start = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..8 {
+            let mut conn = connect(addr, &ca).await;
+            let body = body.clone();
+            workers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    send(&mut conn, &body).await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for w in workers {
+            lat.extend(w.await.unwrap());
+        }
+        row("peak, closed loop (8 conns)", lat, start.elapsed());
+    });
+}
