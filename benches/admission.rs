@@ -102,11 +102,26 @@ fn benches(c: &mut Criterion) {
 fn detectors(c: &mut Criterion) {
     use agentid::core::admission::detectors::{scan_text, scan_value};
     let words = [
-        "python", "-m", "agent.serve", "--port=8080", "--log-level=info", "--model=large-2026-05",
-        "--token-file=/var/run/secrets/tokens/agent", "--api-key=$(OPENAI_API_KEY)",
+        "python",
+        "-m",
+        "agent.serve",
+        "--port=8080",
+        "--log-level=info",
+        "--model=large-2026-05",
+        "--token-file=/var/run/secrets/tokens/agent",
+        "--api-key=$(OPENAI_API_KEY)",
         "sh -c \"export HOME=/tmp; exec /app/bin/agent --config /etc/agent/config.yaml\"",
-        "https://api.example.com/v1", "agents.svc.cluster.local:4317", "info", "true", "4096", "/data",
-        "us-east-1", "AGENT_NAME=billing-bot", "--max-tokens=4096", "--temperature=0.2", "--timeout=30s",
+        "https://api.example.com/v1",
+        "agents.svc.cluster.local:4317",
+        "info",
+        "true",
+        "4096",
+        "/data",
+        "us-east-1",
+        "AGENT_NAME=billing-bot",
+        "--max-tokens=4096",
+        "--temperature=0.2",
+        "--timeout=30s",
     ];
     c.bench_function("detectors/scan_text 20 typical words", |b| {
         b.iter(|| words.iter().map(|w| scan_text(black_box(w)).len()).sum::<usize>())

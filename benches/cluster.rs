@@ -186,7 +186,9 @@ fn cpus() -> usize {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn free_port() -> Res<u16> {
@@ -196,8 +198,12 @@ fn free_port() -> Res<u16> {
 
 async fn namespace(client: &Client, name: &str, labels: &[(&str, &str)]) -> Res<String> {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).map_err(|e| e.to_string())?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.map_err(|e| format!("namespace {name}: {e}"))?;
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).map_err(|e| e.to_string())?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(|e| format!("namespace {name}: {e}"))?;
     Ok(name.to_string())
 }
 
@@ -243,7 +249,16 @@ impl Operator {
         let pid_file = cluster_dir.join("pids").join("agentid");
         let _ = std::fs::create_dir_all(cluster_dir.join("pids"));
         let _ = std::fs::write(&pid_file, format!("{pid}\n"));
-        Ok(Operator { child: Some(child), pid, probe, webhook, ns: ns.to_string(), webhook_configuration: name, log, pid_file })
+        Ok(Operator {
+            child: Some(child),
+            pid,
+            probe,
+            webhook,
+            ns: ns.to_string(),
+            webhook_configuration: name,
+            log,
+            pid_file,
+        })
     }
 
     async fn wait_ready(&self, timeout: Duration) -> Res<()> {
@@ -297,19 +312,31 @@ impl Drop for Operator {
         }
         let _ = std::fs::remove_file(&self.pid_file);
         let out = Command::new("kubectl")
-            .args(["delete", "validatingwebhookconfiguration", &self.webhook_configuration, "--ignore-not-found", "--wait=false"])
+            .args([
+                "delete",
+                "validatingwebhookconfiguration",
+                &self.webhook_configuration,
+                "--ignore-not-found",
+                "--wait=false",
+            ])
             .stdin(Stdio::null())
             .output();
         match out {
             Ok(o) if o.status.success() => {
-                eprintln!("[bench] operator of {} stopped; webhook configuration {} deleted", self.ns, self.webhook_configuration)
+                eprintln!(
+                    "[bench] operator of {} stopped; webhook configuration {} deleted",
+                    self.ns, self.webhook_configuration
+                )
             }
             Ok(o) => eprintln!(
                 "[bench] WARNING: could not delete validatingwebhookconfiguration {}: {}",
                 self.webhook_configuration,
                 String::from_utf8_lossy(&o.stderr).trim()
             ),
-            Err(e) => eprintln!("[bench] WARNING: kubectl not runnable ({e}); delete validatingwebhookconfiguration {} by hand", self.webhook_configuration),
+            Err(e) => eprintln!(
+                "[bench] WARNING: kubectl not runnable ({e}); delete validatingwebhookconfiguration {} by hand",
+                self.webhook_configuration
+            ),
         }
     }
 }
@@ -324,7 +351,9 @@ fn tail(path: &Path, n: usize) -> String {
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         Some(split_response(&buf))
@@ -451,7 +480,8 @@ struct Converge {
 async fn converge(client: &Client, ns: &str, n: usize) -> Converge {
     let agents: Api<AgentIdentity> = Api::namespaced(client.clone(), ns);
     let grants: Api<ToolGrant> = Api::namespaced(client.clone(), ns);
-    let valid_until = Timestamp::from_second(Timestamp::now().as_second() + 24 * 3600).expect("a day from now").to_string();
+    let valid_until =
+        Timestamp::from_second(Timestamp::now().as_second() + 24 * 3600).expect("a day from now").to_string();
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + SECTION_TIMEOUT;
     let creates = stream::iter(0..n)
@@ -488,7 +518,10 @@ async fn converge(client: &Client, ns: &str, n: usize) -> Converge {
     let grants_path = format!("/apis/agentid.dev/v1alpha1/namespaces/{ns}/toolgrants");
     while tokio::time::Instant::now() < deadline {
         c.polls += 1;
-        let (a, g) = tokio::join!(count_column(client, &agents_path, "Ready", "True"), count_column(client, &grants_path, "Phase", "Active"));
+        let (a, g) = tokio::join!(
+            count_column(client, &agents_path, "Ready", "True"),
+            count_column(client, &grants_path, "Phase", "Active")
+        );
         match (a, g) {
             (Ok((ready, _)), Ok((active, _))) => {
                 (c.ready, c.active) = (ready, active);
@@ -519,7 +552,11 @@ fn reconcile_rows(metrics: &str, out: &mut String) {
     }
     for l in errors {
         let (series, v) = l.rsplit_once(' ').unwrap_or((l, ""));
-        let _ = writeln!(out, "| operator reconcile errors `{}` | {v} |", series.trim_start_matches("agentid_reconcile_errors_total"));
+        let _ = writeln!(
+            out,
+            "| operator reconcile errors `{}` | {v} |",
+            series.trim_start_matches("agentid_reconcile_errors_total")
+        );
     }
 }
 
@@ -537,10 +574,24 @@ fn print_converge(c: &Converge, metrics: &str) {
             let _ = writeln!(out, "| converge throughput | {:.1} objects/s |", objects as f64 / t.as_secs_f64());
         }
         None => {
-            let _ = writeln!(out, "| converge time | TIMED OUT after {} s: {} of {} agents Ready, {} of {} grants Active |", SECTION_TIMEOUT.as_secs(), c.ready, c.n, c.active, c.n);
+            let _ = writeln!(
+                out,
+                "| converge time | TIMED OUT after {} s: {} of {} agents Ready, {} of {} grants Active |",
+                SECTION_TIMEOUT.as_secs(),
+                c.ready,
+                c.n,
+                c.active,
+                c.n
+            );
         }
     }
-    let _ = writeln!(out, "| list polls (every {} ms, Table lists) | {} ({} failed) |", LIST_POLL.as_millis(), c.polls, c.poll_errors);
+    let _ = writeln!(
+        out,
+        "| list polls (every {} ms, Table lists) | {} ({} failed) |",
+        LIST_POLL.as_millis(),
+        c.polls,
+        c.poll_errors
+    );
     reconcile_rows(metrics, &mut out);
     if let Some(e) = &c.first_error {
         let _ = writeln!(out, "\nfirst create error: {e}");
@@ -609,18 +660,45 @@ fn print_rss(idle: (u64, u64), at_1k: (u64, u64), at_10k: (u64, u64), more: &Mor
     let _ = writeln!(out, "| state | VmRSS | VmHWM (peak so far) |\n|---|---|---|");
     let _ = writeln!(out, "| idle, before any object | {} MiB | {} MiB |", mib(idle.0), mib(idle.1));
     let _ = writeln!(out, "| 1k agents + 1k grants converged | {} MiB | {} MiB |", mib(at_1k.0), mib(at_1k.1));
-    let state = if more.converged.is_some() { "10k agents + 1k grants converged".to_string() } else { format!("{} of 10k agents Ready (TIMED OUT)", more.ready) };
+    let state = if more.converged.is_some() {
+        "10k agents + 1k grants converged".to_string()
+    } else {
+        format!("{} of 10k agents Ready (TIMED OUT)", more.ready)
+    };
     let _ = writeln!(out, "| {state} | {} MiB | {} MiB |", mib(at_10k.0), mib(at_10k.1));
     let per_agent = (at_10k.0 as f64 - at_1k.0 as f64) * 1024.0 / more.n as f64;
     let _ = writeln!(out, "\n| metric | value |\n|---|---|");
-    let _ = writeln!(out, "| additional agents created (samples) | {} ({} in flight, {} errors) |", more.n, IN_FLIGHT, more.create_errors);
-    let _ = writeln!(out, "| create time for the {} | {:.2} s ({:.1} agents/s) |", more.n, more.create.as_secs_f64(), more.n as f64 / more.create.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "| additional agents created (samples) | {} ({} in flight, {} errors) |",
+        more.n, IN_FLIGHT, more.create_errors
+    );
+    let _ = writeln!(
+        out,
+        "| create time for the {} | {:.2} s ({:.1} agents/s) |",
+        more.n,
+        more.create.as_secs_f64(),
+        more.n as f64 / more.create.as_secs_f64()
+    );
     match more.converged {
         Some(t) => {
-            let _ = writeln!(out, "| converge time for the {} (first create → all 10k Ready) | {:.2} s ({:.1} agents/s) |", more.n, t.as_secs_f64(), more.n as f64 / t.as_secs_f64());
+            let _ = writeln!(
+                out,
+                "| converge time for the {} (first create → all 10k Ready) | {:.2} s ({:.1} agents/s) |",
+                more.n,
+                t.as_secs_f64(),
+                more.n as f64 / t.as_secs_f64()
+            );
         }
         None => {
-            let _ = writeln!(out, "| converge time for the {} | TIMED OUT after {} s: {} of {} Ready |", more.n, SECTION_TIMEOUT.as_secs(), more.ready, TOTAL_AGENTS);
+            let _ = writeln!(
+                out,
+                "| converge time for the {} | TIMED OUT after {} s: {} of {} Ready |",
+                more.n,
+                SECTION_TIMEOUT.as_secs(),
+                more.ready,
+                TOTAL_AGENTS
+            );
         }
     }
     let _ = writeln!(out, "| RSS growth per additional agent | {per_agent:.0} bytes |");
@@ -656,13 +734,17 @@ impl Https {
             let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
             let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
             let mut tls = self.tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
-            let req = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
             let _ = tls.read_to_end(&mut buf).await;
             Ok(split_response(&buf))
         };
-        tokio::time::timeout(Duration::from_secs(10), io).await.map_err(|_| "broker did not answer in 10 s".to_string())?
+        tokio::time::timeout(Duration::from_secs(10), io)
+            .await
+            .map_err(|_| "broker did not answer in 10 s".to_string())?
     }
 }
 
@@ -679,11 +761,18 @@ struct Tokens {
 async fn caller_token(client: &Client, ns: &str, sa: &str) -> Res<String> {
     let tr = TokenRequest {
         metadata: Default::default(),
-        spec: Some(TokenRequestSpec { audiences: Some(vec!["agentid".into()]), expiration_seconds: Some(600), bound_object_ref: None }),
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["agentid".into()]),
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        }),
         status: None,
     };
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let res = api.create_token_request(sa, &PostParams::default(), &tr).await.map_err(|e| format!("TokenRequest {sa}: {e}"))?;
+    let res = api
+        .create_token_request(sa, &PostParams::default(), &tr)
+        .await
+        .map_err(|e| format!("TokenRequest {sa}: {e}"))?;
     res.status.and_then(|s| s.token).ok_or_else(|| "TokenRequest returned no token".into())
 }
 
@@ -707,11 +796,22 @@ async fn token_latency(client: &Client, op: &Operator, ns: &str) -> Res<Tokens> 
     wait_ready_agent(&agents, "bot", Duration::from_secs(60)).await?;
     let caller = caller_token(client, ns, "agent-bot").await?;
     let secret = format!("{}-webhook-tls", op.webhook_configuration);
-    let tls: Secret = Api::namespaced(client.clone(), &op.ns).get(&secret).await.map_err(|e| format!("secret {secret}: {e}"))?;
-    let ca = tls.data.and_then(|d| d.get("ca.crt").map(|b| b.0.clone())).ok_or_else(|| format!("secret {secret} has no ca.crt"))?;
+    let tls: Secret =
+        Api::namespaced(client.clone(), &op.ns).get(&secret).await.map_err(|e| format!("secret {secret}: {e}"))?;
+    let ca = tls
+        .data
+        .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
+        .ok_or_else(|| format!("secret {secret} has no ca.crt"))?;
     let https = Https::new(op.addr(), &ca)?;
 
-    let mut t = Tokens { samples: Vec::new(), tokens: Vec::new(), attempts: 0, answers: BTreeMap::new(), failures: Vec::new(), timed_out: false };
+    let mut t = Tokens {
+        samples: Vec::new(),
+        tokens: Vec::new(),
+        attempts: 0,
+        answers: BTreeMap::new(),
+        failures: Vec::new(),
+        timed_out: false,
+    };
     let section = Instant::now();
     for i in 0..TASKS {
         if section.elapsed() > SECTION_TIMEOUT {
@@ -789,7 +889,8 @@ fn print_tokens(t: &Tokens) {
         ms(s.last().copied().unwrap_or_default()),
         ms(mean(&s))
     );
-    let answers: Vec<String> = t.answers.iter().map(|(c, n)| if *c == 0 { format!("no answer: {n}") } else { format!("{c}: {n}") }).collect();
+    let answers: Vec<String> =
+        t.answers.iter().map(|(c, n)| if *c == 0 { format!("no answer: {n}") } else { format!("{c}: {n}") }).collect();
     let _ = writeln!(
         out,
         "\nmeasured from just before the create (its round trip included) to the 200; broker polled every {} ms with a fresh TLS connection each (the resolution); {} broker requests ({})",
@@ -822,14 +923,23 @@ async fn review(client: &Client, token: &str) -> Res<bool> {
         spec: TokenReviewSpec { token: token.into(), audiences: Some(vec![TOOL_AUDIENCE.into()]) },
         status: None,
     };
-    let s = Api::<TokenReview>::all(client.clone()).create(&PostParams::default(), &tr).await.map_err(|e| format!("TokenReview: {e}"))?;
+    let s = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &tr)
+        .await
+        .map_err(|e| format!("TokenReview: {e}"))?;
     Ok(s.status.and_then(|s| s.authenticated) == Some(true))
 }
 
 async fn revocation(client: &Client, ns: &str, tokens: &[(String, String)]) -> Res<Revocations> {
     let tasks: Api<AgentTask> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let mut r = Revocations { review: Vec::new(), anchor: Vec::new(), first_review_after_anchor: Vec::new(), failures: Vec::new(), timed_out: false };
+    let mut r = Revocations {
+        review: Vec::new(),
+        anchor: Vec::new(),
+        first_review_after_anchor: Vec::new(),
+        failures: Vec::new(),
+        timed_out: false,
+    };
     if tokens.is_empty() {
         return Err("no task tokens from section 3".into());
     }
@@ -939,10 +1049,22 @@ struct Admission {
 
 async fn admission(client: &Client, op_ns: &str, run_id: &str) -> Res<Admission> {
     let free_ns = namespace(client, &format!("bench-free-{run_id}"), &[]).await?;
-    let judged_ns = namespace(client, &format!("bench-judged-{run_id}"), &[("agentid.dev/enforcement", "enforce"), ("agentid.dev/bench", op_ns)]).await?;
+    let judged_ns = namespace(
+        client,
+        &format!("bench-judged-{run_id}"),
+        &[("agentid.dev/enforcement", "enforce"), ("agentid.dev/bench", op_ns)],
+    )
+    .await?;
     // The webhook knows agents from its cluster-wide cache; the agent needs no reconcile to be known.
     create(&Api::<AgentIdentity>::namespaced(client.clone(), &judged_ns), &agent_obj("triage")).await?;
-    let mut a = Admission { free: Vec::new(), judged: Vec::new(), free_ns: free_ns.clone(), judged_ns: judged_ns.clone(), failures: Vec::new(), timed_out: false };
+    let mut a = Admission {
+        free: Vec::new(),
+        judged: Vec::new(),
+        free_ns: free_ns.clone(),
+        judged_ns: judged_ns.clone(),
+        failures: Vec::new(),
+        timed_out: false,
+    };
     let section = Instant::now();
 
     // The judged namespace: wait (bounded) until the webhook's cache knows the agent and admits the pod.
@@ -954,7 +1076,9 @@ async fn admission(client: &Client, op_ns: &str, run_id: &str) -> Res<Admission>
                 seen = true;
                 break;
             }
-            Err(kube::Error::Api(s)) if s.message.contains("unknown-agent") => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(kube::Error::Api(s)) if s.message.contains("unknown-agent") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Err(e) => return Err(format!("good agent pod refused in {judged_ns}: {e}")),
         }
     }
@@ -982,14 +1106,28 @@ async fn admission(client: &Client, op_ns: &str, run_id: &str) -> Res<Admission>
 }
 
 fn print_admission(a: &Admission, metrics: &str) {
-    let mut out = format!("## 5. Pod admission overhead ({PODS} sequential creates each, after {WARMUP_PODS} warm-up creates)\n\n");
+    let mut out = format!(
+        "## 5. Pod admission overhead ({PODS} sequential creates each, after {WARMUP_PODS} warm-up creates)\n\n"
+    );
     let _ = writeln!(out, "| namespace | samples | p50 | p90 | p99 | max | mean |\n|---|---|---|---|---|---|---|");
     let mut stats = Vec::new();
-    for (what, s) in [(format!("not judged (`{}`, no labels)", a.free_ns), &a.free), (format!("judged (`{}`, enforce)", a.judged_ns), &a.judged)] {
+    for (what, s) in [
+        (format!("not judged (`{}`, no labels)", a.free_ns), &a.free),
+        (format!("judged (`{}`, enforce)", a.judged_ns), &a.judged),
+    ] {
         let mut s = s.clone();
         s.sort();
         let row = [pct(&s, 50.0), pct(&s, 90.0), pct(&s, 99.0), s.last().copied().unwrap_or_default(), mean(&s)];
-        let _ = writeln!(out, "| {what} | {} | {} | {} | {} | {} | {} |", s.len(), ms(row[0]), ms(row[1]), ms(row[2]), ms(row[3]), ms(row[4]));
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {} | {} | {} |",
+            s.len(),
+            ms(row[0]),
+            ms(row[1]),
+            ms(row[2]),
+            ms(row[3]),
+            ms(row[4])
+        );
         stats.push(row);
     }
     if let [free, judged] = stats.as_slice() {
@@ -997,7 +1135,15 @@ fn print_admission(a: &Admission, metrics: &str) {
             let d = judged[i].as_secs_f64() - free[i].as_secs_f64();
             format!("{:+.1} ms", d * 1000.0)
         };
-        let _ = writeln!(out, "| **difference (judged − not judged)** | | {} | {} | {} | {} | {} |", diff(0), diff(1), diff(2), diff(3), diff(4));
+        let _ = writeln!(
+            out,
+            "| **difference (judged − not judged)** | | {} | {} | {} | {} | {} |",
+            diff(0),
+            diff(1),
+            diff(2),
+            diff(3),
+            diff(4)
+        );
     }
     let sum = metric_value(metrics, "agentid_admission_duration_seconds_sum{mode=\"enforce\"}");
     let count = metric_value(metrics, "agentid_admission_duration_seconds_count{mode=\"enforce\"}");

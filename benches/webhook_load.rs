@@ -125,18 +125,21 @@ fn main() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let now = Timestamp::now();
         let (ca, ca_key) = tls::generate_ca(now).unwrap();
-        let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
-        let agent: AgentIdentity = serde_json::from_value(json!({"apiVersion": "agentid.dev/v1alpha1", "kind": "AgentIdentity",
+        let (cert, key, _) =
+            tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
+        let agent: AgentIdentity =
+            serde_json::from_value(json!({"apiVersion": "agentid.dev/v1alpha1", "kind": "AgentIdentity",
             "metadata": {"name": "triage-bot", "namespace": "agents"},
             "spec": {"owner": "team", "audiences": ["https://tools.example.com"], "tokenTTL": "15m"}}))
-        .unwrap();
+            .unwrap();
         let state = Arc::new(WebhookState {
             agents: Arc::new(StaticDirectory::new([agent].iter(), "default")),
             reviewer: Arc::new(NoReviews),
             exceptions: RwLock::new(ExceptionSet::default()),
             metrics: Arc::new(Metrics::default()),
         });
-        let config = axum_server::tls_rustls::RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes()).await.unwrap();
+        let config =
+            axum_server::tls_rustls::RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes()).await.unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = axum_server::from_tcp_rustls(listener, config).unwrap();

@@ -44,9 +44,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crdgen { out_dir } => crdgen(out_dir),
-        Command::Check(args) => {
-            ExitCode::from(agentid::cli::check::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
-        }
+        Command::Check(args) => ExitCode::from(agentid::cli::check::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
         Command::Run(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             match rt.block_on(agentid::cli::run::run(*args)) {
@@ -84,4 +86,3 @@ fn crdgen(out_dir: Option<PathBuf>) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
-

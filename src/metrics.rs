@@ -76,13 +76,26 @@ impl Default for Metrics {
         let admission_violations = Family::<RuleLabels, Counter>::default();
         let admission_exceptions = Family::<ExceptionLabels, Counter>::default();
         let admission_bad_requests = Family::<ModeLabels, Counter>::default();
-        let admission_duration =
-            Family::<ModeLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 2.0, 18)));
+        let admission_duration = Family::<ModeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00001, 2.0, 18))
+        });
         registry.register("admission_requests", "Admission reviews by mode and verdict", admission_requests.clone());
-        registry.register("admission_violations", "Rule violations seen by admission, by mode and rule", admission_violations.clone());
+        registry.register(
+            "admission_violations",
+            "Rule violations seen by admission, by mode and rule",
+            admission_violations.clone(),
+        );
         registry.register("admission_exceptions", "Violations waived by an exception", admission_exceptions.clone());
-        registry.register("admission_bad_requests", "Malformed AdmissionReviews refused with 400", admission_bad_requests.clone());
-        registry.register("admission_duration_seconds", "Time to judge one AdmissionReview", admission_duration.clone());
+        registry.register(
+            "admission_bad_requests",
+            "Malformed AdmissionReviews refused with 400",
+            admission_bad_requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to judge one AdmissionReview",
+            admission_duration.clone(),
+        );
         let task_revocations = Family::<ReasonLabels, Counter>::default();
         let tokens_issued = Counter::default();
         let token_refusals = Family::<ReasonLabels, Counter>::default();
@@ -131,7 +144,9 @@ impl Metrics {
     }
 
     pub fn admission_exception_used(&self, exception: &str, rule: &str) {
-        self.admission_exceptions.get_or_create(&ExceptionLabels { exception: exception.into(), rule: rule.into() }).inc();
+        self.admission_exceptions
+            .get_or_create(&ExceptionLabels { exception: exception.into(), rule: rule.into() })
+            .inc();
     }
 
     pub fn admission_bad_request(&self, mode: &str) {

@@ -10,7 +10,10 @@ fn crds_directory_matches_the_types() {
         let have = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(have == want, "{} is out of date with src/api: run `make crds` and commit the result", path.display());
     }
-    let files = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml")).count();
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
+        .count();
     assert_eq!(files, agentid::api::crd_files().len(), "crds/ holds a file that no type generates");
 }
 

@@ -7,15 +7,17 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::Api;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
 use support::*;
 
-use agentid::api::{AgentIdentity, ToolGrant, SPIFFE_ID_ANNOTATION};
+use agentid::api::{AgentIdentity, SPIFFE_ID_ANNOTATION, ToolGrant};
 use agentid::core::conditions;
 
 fn agent_yaml(name: &str, extra: &str) -> String {
-    format!("apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: {name}}}\nspec:\n  owner: team-payments\n  audiences: [https://tools.example.com]\n{extra}")
+    format!(
+        "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: {name}}}\nspec:\n  owner: team-payments\n  audiences: [https://tools.example.com]\n{extra}"
+    )
 }
 
 async fn create_err<K>(api: &Api<K>, obj: &K) -> String
@@ -59,8 +61,9 @@ async fn apiserver_refuses_invalid_objects_with_clear_messages() {
     let msg = create_err(&grants, &backwards).await;
     assert!(msg.contains("spec.validUntil") && msg.contains("validUntil must be after validFrom"), "{msg}");
 
-    let empty_tool: ToolGrant =
-        from_yaml("apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: empty}\nspec:\n  agentRef: {name: a}\n  tools: [{name: '   '}]\n");
+    let empty_tool: ToolGrant = from_yaml(
+        "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: empty}\nspec:\n  agentRef: {name: a}\n  tools: [{name: '   '}]\n",
+    );
     let msg = create_err(&grants, &empty_tool).await;
     assert!(msg.contains("spec.tools[0].name") && msg.contains("tool names must not be empty"), "{msg}");
 
@@ -116,7 +119,8 @@ async fn agent_identity_gets_a_dedicated_service_account() {
     // Deleting the agent removes its ServiceAccount (no garbage collector here: the finalizer does it).
     agents.delete("billing", &DeleteParams::default()).await.unwrap();
     wait_until(Duration::from_secs(30), "agent and its ServiceAccount gone", || async {
-        (agents.get_opt("billing").await.ok()?.is_none() && sas.get_opt("agent-billing").await.ok()?.is_none()).then_some(())
+        (agents.get_opt("billing").await.ok()?.is_none() && sas.get_opt("agent-billing").await.ok()?.is_none())
+            .then_some(())
     })
     .await;
 }
@@ -125,7 +129,8 @@ async fn agent_identity_gets_a_dedicated_service_account() {
 async fn foreign_service_account_is_never_modified() {
     let env = env("conflict").await;
     let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
-    let foreign: ServiceAccount = from_yaml("metadata: {name: agent-payroll, labels: {team: hr}}\nautomountServiceAccountToken: true\n");
+    let foreign: ServiceAccount =
+        from_yaml("metadata: {name: agent-payroll, labels: {team: hr}}\nautomountServiceAccountToken: true\n");
     let foreign = sas.create(&PostParams::default(), &foreign).await.unwrap();
 
     let _op = start_operator(&env.client, operator_config(&env.ns));
@@ -146,6 +151,9 @@ async fn foreign_service_account_is_never_modified() {
 
     // Deleting the agent leaves the foreign ServiceAccount alone.
     agents.delete("payroll", &DeleteParams::default()).await.unwrap();
-    wait_until(Duration::from_secs(30), "agent gone", || async { agents.get_opt("payroll").await.ok()?.is_none().then_some(()) }).await;
+    wait_until(Duration::from_secs(30), "agent gone", || async {
+        agents.get_opt("payroll").await.ok()?.is_none().then_some(())
+    })
+    .await;
     assert!(sas.get_opt("agent-payroll").await.unwrap().is_some(), "foreign SA was deleted");
 }

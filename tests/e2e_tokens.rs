@@ -18,7 +18,11 @@ use agentid::api::{AgentIdentity, AgentTask, TaskPhase};
 async fn caller_token(client: &Client, ns: &str, sa: &str) -> String {
     let tr = TokenRequest {
         metadata: Default::default(),
-        spec: Some(TokenRequestSpec { audiences: Some(vec!["agentid".into()]), expiration_seconds: Some(600), bound_object_ref: None }),
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["agentid".into()]),
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        }),
         status: None,
     };
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);

@@ -102,7 +102,10 @@ async fn webhook_enforces_warns_and_audits_through_the_apiserver() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("Warning"), "{}", stderr(&out));
     let metrics = hook.metrics.encode();
-    assert!(metrics.contains("agentid_admission_violations_total{mode=\"audit\",rule=\"static-secret-env\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("agentid_admission_violations_total{mode=\"audit\",rule=\"static-secret-env\"} 1"),
+        "{metrics}"
+    );
 
     // Unlabeled namespaces and the operator's own namespace are untouched.
     let free_ns = namespace(&env.client, "webhook-free").await;
@@ -205,12 +208,17 @@ async fn toolgrants_cannot_escalate_beyond_their_author() {
         namespace: Some(env.ns.clone()),
         api_group: None,
     }]);
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns).create(&PostParams::default(), &sa_binding).await.unwrap();
+    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &sa_binding)
+        .await
+        .unwrap();
     let bot_grants: Api<agentid::api::ToolGrant> =
         Api::namespaced(client_as(&format!("system:serviceaccount:{}:agent-bot", env.ns)).await, &env.ns);
     let err = wait_until(std::time::Duration::from_secs(20), "agent SA refused", || async {
         match bot_grants.create(&PostParams::default(), &grant("self-grant", "configmaps")).await {
-            Err(kube::Error::Api(s)) if s.message.contains("agents can never create or change ToolGrants") => Some(s.message),
+            Err(kube::Error::Api(s)) if s.message.contains("agents can never create or change ToolGrants") => {
+                Some(s.message)
+            }
             Ok(g) => {
                 // The webhook's cache had not seen the agent yet: undo and retry.
                 let _ = Api::<agentid::api::ToolGrant>::namespaced(env.client.clone(), &env.ns)

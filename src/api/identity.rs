@@ -12,6 +12,8 @@ pub const MAX_TOKEN_TTL_SECS: u64 = 3600;
 
 /// The identity of one AI agent: a dedicated ServiceAccount, a SPIFFE ID,
 /// short-lived audience-bound tokens, an accountable owner and a kill switch.
+// printcolumn(...) repeats `type_ = ...` by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "agentid.dev",

@@ -16,6 +16,8 @@ pub const MAX_TASK_TTL_SECS: u64 = 12 * 3600;
 /// task is deleted.
 // Each printcolumn repeats `type_ = "string"`: not a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
+// printcolumn(...) repeats `type_ = ...` by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "agentid.dev",

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// A narrow, expiring grant of tools to one agent. Tools that are Kubernetes
 /// resources become RBAC that the apiserver itself enforces.
+// printcolumn(...) repeats `type_ = ...` by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "agentid.dev",

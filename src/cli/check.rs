@@ -38,7 +38,11 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
         let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
             Err(e) => {
-                errors.push(InputError { file: path.display().to_string(), line: None, message: format!("cannot read directory: {e}") });
+                errors.push(InputError {
+                    file: path.display().to_string(),
+                    line: None,
+                    message: format!("cannot read directory: {e}"),
+                });
                 return;
             }
         };
@@ -48,7 +52,9 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
             if hidden {
                 continue;
             }
-            if p.is_dir() || p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
+            if p.is_dir()
+                || p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            {
                 collect(&p, out, errors);
             }
         }

@@ -93,11 +93,17 @@ impl RunArgs {
         }
         let endpoint = match &self.webhook_url {
             Some(url) => Endpoint::Url(url.clone()),
-            None => Endpoint::Service { namespace: self.operator_namespace.clone(), name: self.webhook_service.clone(), port: 443 },
+            None => Endpoint::Service {
+                namespace: self.operator_namespace.clone(),
+                name: self.webhook_service.clone(),
+                port: 443,
+            },
         };
         let scope = match &self.webhook_scope {
             Some(s) => {
-                let (k, v) = s.split_once('=').ok_or_else(|| Error::Config(format!("--webhook-scope {s:?}: expected key=value")))?;
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| Error::Config(format!("--webhook-scope {s:?}: expected key=value")))?;
                 Some((k.to_string(), v.to_string()))
             }
             None => None,
@@ -115,9 +121,11 @@ impl RunArgs {
 
     fn cert_source(&self) -> CertSource {
         match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                CertSource::Files(Files { cert: cert.clone(), key: key.clone(), ca_bundle: self.ca_bundle_file.clone() })
-            }
+            (Some(cert), Some(key)) => CertSource::Files(Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca_bundle: self.ca_bundle_file.clone(),
+            }),
             _ => {
                 let svc = format!("{}.{}.svc", self.webhook_service, self.operator_namespace);
                 CertSource::SelfManaged(SelfManaged {
@@ -135,7 +143,8 @@ fn load_exceptions(path: &Option<PathBuf>) -> Result<ExceptionSet> {
     match path {
         None => Ok(ExceptionSet::default()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
             ExceptionSet::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))
         }
     }
@@ -169,11 +178,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     });
 
     // Fail fast, with a clear message, when the CRDs are not installed.
-    config.api::<AgentIdentity>(client.clone()).list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
-        Error::Config(format!(
-            "cannot list AgentIdentities (are the CRDs installed? `agentid crdgen | kubectl apply -f -`): {e}"
-        ))
-    })?;
+    config.api::<AgentIdentity>(client.clone()).list(&kube::api::ListParams::default().limit(1)).await.map_err(
+        |e| {
+            Error::Config(format!(
+                "cannot list AgentIdentities (are the CRDs installed? `agentid crdgen | kubectl apply -f -`): {e}"
+            ))
+        },
+    )?;
 
     if !args.no_webhook {
         start_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
@@ -192,7 +203,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     info!(trust_domain = %ctx.config.trust_domain, "agentid controllers started");
     let controllers = async {
-        tokio::join!(controller::identity::run(ctx.clone()), controller::toolgrant::run(ctx.clone()), controller::task::run(ctx));
+        tokio::join!(
+            controller::identity::run(ctx.clone()),
+            controller::toolgrant::run(ctx.clone()),
+            controller::task::run(ctx)
+        );
     };
     let leadership_lost = async {
         match lost.as_mut() {
@@ -215,7 +230,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// Starts the agent cache, the exceptions reloader and the HTTPS admission endpoint.
-pub async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Result<SocketAddr> {
+pub async fn start_webhook(
+    args: &RunArgs,
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+) -> Result<SocketAddr> {
     // Admission judges workloads in every namespace, so it watches every AgentIdentity.
     let (store, writer) = reflector::store();
     let stream = reflector(writer, watcher(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default()))
@@ -270,7 +290,11 @@ pub async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>
         self_check_name,
         reload_interval,
     };
-    let broker = Arc::new(webhook::tokens::Broker { client: client.clone(), audience: args.token_audience.clone(), metrics: state.metrics.clone() });
+    let broker = Arc::new(webhook::tokens::Broker {
+        client: client.clone(),
+        audience: args.token_audience.clone(),
+        metrics: state.metrics.clone(),
+    });
     let app = webhook::router(state).merge(webhook::tokens::router(broker));
     webhook::serve(client, app, cfg, ready).await
 }

@@ -99,8 +99,10 @@ async fn cleanup(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
     let uid = agent.uid().unwrap_or_default();
     let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
     let sa_name = agent.service_account_name();
-    if let Some(sa) = sa_api.get_opt(&sa_name).await? {
-        if is_owned_by(&sa.metadata, &uid) {
+    if let Some(sa) = sa_api.get_opt(&sa_name).await?
+        && is_owned_by(&sa.metadata, &uid)
+    {
+        {
             match sa_api.delete(&sa_name, &DeleteParams::default()).await {
                 Ok(_) => info!(service_account = %sa_name, "service account deleted"),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}

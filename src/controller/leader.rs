@@ -41,10 +41,19 @@ impl LeaderConfig {
 /// Reads the Lease and writes what [`lease::decide`] says; returns whether we lead now.
 async fn try_lead(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool> {
     let current = api.get_opt(&cfg.name).await?;
-    let action = lease::decide(current.as_ref(), &cfg.name, &cfg.namespace, &cfg.identity, Timestamp::now(), cfg.duration.as_secs() as i32);
+    let action = lease::decide(
+        current.as_ref(),
+        &cfg.name,
+        &cfg.namespace,
+        &cfg.identity,
+        Timestamp::now(),
+        cfg.duration.as_secs() as i32,
+    );
     let res = match &action {
         LeaseAction::Create(l) => api.create(&PostParams::default(), l).await.map(|_| ()),
-        LeaseAction::Renew(l) | LeaseAction::Acquire(l) => api.replace(&cfg.name, &PostParams::default(), l).await.map(|_| ()),
+        LeaseAction::Renew(l) | LeaseAction::Acquire(l) => {
+            api.replace(&cfg.name, &PostParams::default(), l).await.map(|_| ())
+        }
         LeaseAction::Follow { .. } => return Ok(false),
     };
     match res {

@@ -47,7 +47,9 @@ impl BrokerRefusal {
 
 /// The bearer token of an `Authorization` header value.
 pub fn bearer(header: Option<&str>) -> Result<&str, BrokerRefusal> {
-    let h = header.ok_or_else(|| BrokerRefusal::Unauthenticated("missing Authorization: Bearer <projected ServiceAccount token>".into()))?;
+    let h = header.ok_or_else(|| {
+        BrokerRefusal::Unauthenticated("missing Authorization: Bearer <projected ServiceAccount token>".into())
+    })?;
     let (scheme, token) = h.split_once(' ').unwrap_or((h, ""));
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
@@ -59,7 +61,9 @@ pub fn bearer(header: Option<&str>) -> Result<&str, BrokerRefusal> {
 /// The username a TokenReview authenticated, if it did so for `audience`.
 pub fn authenticated_user<'a>(status: &'a TokenReviewStatus, audience: &str) -> Result<&'a str, BrokerRefusal> {
     if status.authenticated != Some(true) {
-        return Err(BrokerRefusal::Unauthenticated("the token is not valid (expired, revoked or not a Kubernetes token)".into()));
+        return Err(BrokerRefusal::Unauthenticated(
+            "the token is not valid (expired, revoked or not a Kubernetes token)".into(),
+        ));
     }
     // The apiserver answers with the audiences the token is valid for, out of those asked.
     if status.audiences.as_ref().is_some_and(|a| !a.iter().any(|x| x == audience)) {
@@ -137,7 +141,8 @@ mod tests {
     fn only_the_tasks_own_agent_is_authorized() {
         let (task, agent) = task_and_agent();
         assert_eq!(authorize("system:serviceaccount:agents:agent-bot", &task, &agent), Ok(()));
-        for other in ["system:serviceaccount:agents:agent-other", "system:serviceaccount:elsewhere:agent-bot", "alice"] {
+        for other in ["system:serviceaccount:agents:agent-other", "system:serviceaccount:elsewhere:agent-bot", "alice"]
+        {
             assert_eq!(authorize(other, &task, &agent).unwrap_err().http_status(), 403, "{other}");
         }
         assert_eq!(caller_namespace("system:serviceaccount:agents:x"), Some("agents"));

@@ -14,8 +14,8 @@ use kube::Resource;
 use crate::api::{AGENT_LABEL, AgentIdentity, GrantPhase, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant, ToolGrantStatus};
 use crate::core::conditions::{self, CondUpdate, READY};
 use crate::core::identity::{PlanError, PlannedEvent, is_owned_by};
-pub use crate::core::names::label_value;
 use crate::core::names;
+pub use crate::core::names::label_value;
 
 /// Reasons used in conditions and Events (stable: dashboards and alerts match on them).
 pub mod reason {

@@ -55,7 +55,7 @@ pub enum ServiceAccountAction {
     /// Nothing: it exists, is ours and matches.
     Keep,
     /// Create it, or bring an owned one back in line (server-side apply of this object).
-    Apply { desired: ServiceAccount, create: bool },
+    Apply { desired: Box<ServiceAccount>, create: bool },
     /// A ServiceAccount of that name exists and is not ours: leave it alone.
     Conflict { message: String },
 }
@@ -153,7 +153,10 @@ pub fn plan(
                 reason: reason::SERVICE_ACCOUNT_UPDATED,
                 message: format!("ServiceAccount {sa_name} brought back in line"),
             });
-            (ServiceAccountAction::Apply { desired, create: false }, ready_condition(&sa_name, &spiffe))
+            (
+                ServiceAccountAction::Apply { desired: Box::new(desired), create: false },
+                ready_condition(&sa_name, &spiffe),
+            )
         }
         None => {
             events.push(PlannedEvent {
@@ -161,7 +164,10 @@ pub fn plan(
                 reason: reason::SERVICE_ACCOUNT_CREATED,
                 message: format!("Created ServiceAccount {sa_name} for {spiffe}"),
             });
-            (ServiceAccountAction::Apply { desired, create: true }, ready_condition(&sa_name, &spiffe))
+            (
+                ServiceAccountAction::Apply { desired: Box::new(desired), create: true },
+                ready_condition(&sa_name, &spiffe),
+            )
         }
     };
 

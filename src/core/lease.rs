@@ -38,7 +38,14 @@ fn spec(me: &str, acquired: Timestamp, now: Timestamp, duration_secs: i32, trans
 }
 
 /// Decides, for replica `me`, what to do with `current` (the Lease as read, if any).
-pub fn decide(current: Option<&Lease>, name: &str, namespace: &str, me: &str, now: Timestamp, duration_secs: i32) -> LeaseAction {
+pub fn decide(
+    current: Option<&Lease>,
+    name: &str,
+    namespace: &str,
+    me: &str,
+    now: Timestamp,
+    duration_secs: i32,
+) -> LeaseAction {
     let Some(lease) = current else {
         return LeaseAction::Create(Lease {
             metadata: ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..Default::default() },
@@ -112,7 +119,10 @@ mod tests {
     #[test]
     fn others_follow_until_the_lease_runs_out_then_take_over() {
         let lease = held("a", 0);
-        assert_eq!(decide(Some(&lease), "l", "ns", "b", t(9), 10), LeaseAction::Follow { holder: "a".into(), until: t(10) });
+        assert_eq!(
+            decide(Some(&lease), "l", "ns", "b", t(9), 10),
+            LeaseAction::Follow { holder: "a".into(), until: t(10) }
+        );
         let LeaseAction::Acquire(l) = decide(Some(&lease), "l", "ns", "b", t(10), 10) else { panic!() };
         let s = l.spec.unwrap();
         assert_eq!(s.holder_identity.as_deref(), Some("b"));

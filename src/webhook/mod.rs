@@ -24,20 +24,20 @@ use kube::{Api, Client};
 use tracing::{error, info, warn};
 
 use crate::api::{AgentIdentity, FIELD_MANAGER, ToolGrant};
-use crate::core::admission::grants::{self, GrantRefusal};
-use crate::core::admission::review::{AdmissionRequest, AdmissionResponse, ResponseStatus, UserInfo};
-use futures::StreamExt;
-use futures::future::BoxFuture;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use kube::api::PostParams;
 use crate::core::admission::exceptions::ExceptionSet;
+use crate::core::admission::grants::{self, GrantRefusal};
 use crate::core::admission::registration::{self, Registration};
 use crate::core::admission::review::{self, Judgement};
+use crate::core::admission::review::{AdmissionRequest, AdmissionResponse, ResponseStatus, UserInfo};
 use crate::core::admission::rules::{AgentDirectory, AgentInfo};
 use crate::core::admission::verdict::{Enforcement, Verdict};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::probes::Readiness;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use kube::api::PostParams;
 use tls::{CertSource, TlsMaterial};
 
 /// Largest AdmissionReview body accepted: an object and its old version, each up to the apiserver's 3 MiB.
@@ -45,14 +45,22 @@ pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// Answers "may this user do that?" (a SubjectAccessReview in production).
 pub trait AccessReviewer: Send + Sync {
-    fn allowed<'a>(&'a self, user: &'a UserInfo, attributes: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>>;
+    fn allowed<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        attributes: &'a ResourceAttributes,
+    ) -> BoxFuture<'a, Result<bool, String>>;
 }
 
 /// [`AccessReviewer`] backed by the apiserver's SubjectAccessReview.
 pub struct SubjectAccessReviewer(pub Client);
 
 impl AccessReviewer for SubjectAccessReviewer {
-    fn allowed<'a>(&'a self, user: &'a UserInfo, attributes: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>> {
+    fn allowed<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        attributes: &'a ResourceAttributes,
+    ) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
             let sar = SubjectAccessReview {
                 metadata: Default::default(),
@@ -117,7 +125,11 @@ fn deny(uid: &str, code: u16, message: String) -> AdmissionResponse {
     AdmissionResponse {
         uid: uid.to_string(),
         allowed: false,
-        status: Some(ResponseStatus { code, message, reason: if code == 403 { "Forbidden".into() } else { "BadRequest".into() } }),
+        status: Some(ResponseStatus {
+            code,
+            message,
+            reason: if code == 403 { "Forbidden".into() } else { "BadRequest".into() },
+        }),
         warnings: Vec::new(),
     }
 }
@@ -166,7 +178,8 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
         Err(e) => return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {e}")),
     };
     let user = &req.user_info;
-    let pending: Vec<BoxFuture<'_, Result<bool, String>>> = checks.iter().map(|c| s.reviewer.allowed(user, &c.attributes)).collect();
+    let pending: Vec<BoxFuture<'_, Result<bool, String>>> =
+        checks.iter().map(|c| s.reviewer.allowed(user, &c.attributes)).collect();
     let answers: Vec<Result<bool, String>> = futures::stream::iter(pending).buffered(16).collect().await;
     let mut missing = Vec::new();
     for (check, answer) in checks.iter().zip(answers) {
@@ -175,7 +188,13 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
             Ok(false) => missing.push(check),
             Err(e) => {
                 warn!(error = %e, "SubjectAccessReview failed");
-                return deny(&req.uid, 500, format!("agentid could not verify the grant's permissions (SubjectAccessReview failed: {e}); try again"));
+                return deny(
+                    &req.uid,
+                    500,
+                    format!(
+                        "agentid could not verify the grant's permissions (SubjectAccessReview failed: {e}); try again"
+                    ),
+                );
             }
         }
     }
@@ -247,7 +266,9 @@ pub async fn register(client: &Client, reg: &Registration) -> Result<()> {
 /// the webhook, and reloads renewed certificates without a restart.
 pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc<Readiness>) -> Result<SocketAddr> {
     let material = cfg.certs.load(&client).await?;
-    let rustls = RustlsConfig::from_pem(material.cert_pem.clone(), material.key_pem.clone()).await.map_err(|e| Error::Tls(e.to_string()))?;
+    let rustls = RustlsConfig::from_pem(material.cert_pem.clone(), material.key_pem.clone())
+        .await
+        .map_err(|e| Error::Tls(e.to_string()))?;
     let listener = std::net::TcpListener::bind(cfg.addr)?;
     let addr = listener.local_addr()?;
     let server = axum_server::from_tcp_rustls(listener, rustls.clone())?;
@@ -318,8 +339,8 @@ async fn reload_loop(client: Client, mut cfg: ServeConfig, rustls: RustlsConfig,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::admission::rules::StaticDirectory;
     use crate::api::AgentIdentity;
+    use crate::core::admission::rules::StaticDirectory;
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
@@ -418,7 +439,10 @@ mod tests {
         assert_eq!(v["response"]["allowed"], false);
         assert!(v["response"]["status"]["message"].as_str().unwrap().contains("[agentid/static-secret-env]"));
         let text = metrics.encode();
-        assert!(text.contains("agentid_admission_violations_total{mode=\"enforce\",rule=\"static-secret-env\"} 1"), "{text}");
+        assert!(
+            text.contains("agentid_admission_violations_total{mode=\"enforce\",rule=\"static-secret-env\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("agentid_admission_requests_total{mode=\"enforce\",verdict=\"deny\"} 1"), "{text}");
     }
 
@@ -428,7 +452,12 @@ mod tests {
         let (status, body) = post(app.clone(), "/validate/workloads/enforce", b"{not json".to_vec()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(String::from_utf8_lossy(&body).starts_with("malformed AdmissionReview"));
-        let (status, _) = post(app.clone(), "/validate/workloads/enforce", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec()).await;
+        let (status, _) = post(
+            app.clone(),
+            "/validate/workloads/enforce",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = post(app, "/validate/workloads/strict", review(pod(json!([])))).await;
         assert_eq!(status, StatusCode::NOT_FOUND);

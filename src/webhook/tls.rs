@@ -18,7 +18,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::pem::PemObject;
@@ -81,7 +81,12 @@ pub fn generate_ca(now: Timestamp) -> Result<(String, String)> {
 }
 
 /// A serving certificate for `sans` signed by the CA: `(cert_pem, key_pem, not_after)`.
-pub fn generate_serving(ca_key_pem: &str, sans: &[String], now: Timestamp, validity: Duration) -> Result<(String, String, Timestamp)> {
+pub fn generate_serving(
+    ca_key_pem: &str,
+    sans: &[String],
+    now: Timestamp,
+    validity: Duration,
+) -> Result<(String, String, Timestamp)> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(tls_err)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
     let key = KeyPair::generate().map_err(tls_err)?;
@@ -113,7 +118,12 @@ impl SelfManaged {
         let get = |k: &str| data.get(k).map(|b| b.0.clone()).filter(|v| !v.is_empty());
         let not_after = s.metadata.annotations.as_ref()?.get(NOT_AFTER_ANNOTATION)?.parse::<Timestamp>().ok()?;
         Some((
-            TlsMaterial { cert_pem: get(TLS_CERT)?, key_pem: get(TLS_KEY)?, ca_pem: Some(get(CA_CERT)?), not_after: Some(not_after) },
+            TlsMaterial {
+                cert_pem: get(TLS_CERT)?,
+                key_pem: get(TLS_KEY)?,
+                ca_pem: Some(get(CA_CERT)?),
+                not_after: Some(not_after),
+            },
             get(CA_KEY)?,
         ))
     }
@@ -134,7 +144,10 @@ impl SelfManaged {
             }
             // Keep the CA if there is a usable one, so the caBundle survives renewal.
             let (ca_cert, ca_key) = match (&parsed, existing.as_ref().and_then(|s| s.data.as_ref())) {
-                (Some((m, ca_key)), _) => (String::from_utf8_lossy(m.ca_pem.as_deref().unwrap_or_default()).into_owned(), String::from_utf8_lossy(ca_key).into_owned()),
+                (Some((m, ca_key)), _) => (
+                    String::from_utf8_lossy(m.ca_pem.as_deref().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(ca_key).into_owned(),
+                ),
                 _ => generate_ca(now)?,
             };
             let (cert, key, not_after) = generate_serving(&ca_key, &self.sans, now, self.validity)?;
@@ -197,7 +210,12 @@ impl Files {
             Some(p) => Some(read(p.clone()).await?),
             None => None,
         };
-        Ok(TlsMaterial { cert_pem: read(self.cert.clone()).await?, key_pem: read(self.key.clone()).await?, ca_pem, not_after: None })
+        Ok(TlsMaterial {
+            cert_pem: read(self.cert.clone()).await?,
+            key_pem: read(self.key.clone()).await?,
+            ca_pem,
+            not_after: None,
+        })
     }
 }
 
@@ -230,7 +248,8 @@ pub async fn self_check(addr: std::net::SocketAddr, ca_pem: &[u8], server_name: 
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(server_name.to_string()).map_err(tls_err)?;
     let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    tls.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     tls.read_to_end(&mut buf).await.ok();
     if buf.starts_with(b"HTTP/1.1 200") {
@@ -248,7 +267,9 @@ mod tests {
     fn serving_certificates_chain_to_the_ca() {
         let now = Timestamp::now();
         let (ca, ca_key) = generate_ca(now).unwrap();
-        let (cert, key, not_after) = generate_serving(&ca_key, &["127.0.0.1".into(), "localhost".into()], now, Duration::from_secs(3600)).unwrap();
+        let (cert, key, not_after) =
+            generate_serving(&ca_key, &["127.0.0.1".into(), "localhost".into()], now, Duration::from_secs(3600))
+                .unwrap();
         assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(key.contains("PRIVATE KEY"));
         assert!(not_after.as_second() - now.as_second() > 3590);

@@ -61,7 +61,11 @@ fn refuse(r: BrokerRefusal) -> Response {
     res
 }
 
-async fn issue(Path((namespace, name)): Path<(String, String)>, State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+async fn issue(
+    Path((namespace, name)): Path<(String, String)>,
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+) -> Response {
     match mint(&b, &namespace, &name, &headers).await {
         Ok(res) => res,
         Err(Failure::Refused(r)) => {
@@ -72,7 +76,11 @@ async fn issue(Path((namespace, name)): Path<(String, String)>, State(b): State<
         Err(Failure::Api(e)) => {
             b.metrics.token_refused("api_error");
             warn!(namespace, task = %name, error = %e, "task token failed");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "error": "the Kubernetes API did not answer; try again" }))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({ "error": "the Kubernetes API did not answer; try again" })),
+            )
+                .into_response()
         }
     }
 }
@@ -122,20 +130,20 @@ async fn mint(b: &Broker, namespace: &str, name: &str, headers: &HeaderMap) -> R
         .get_opt(&task::anchor_name(name))
         .await?
         .ok_or_else(|| BrokerRefusal::NotActive(format!("AgentTask {namespace}/{name} is not Active")))?;
-    let request = task::token_request(&task, &agent, &anchor, Timestamp::now()).map_err(|e| BrokerRefusal::NotActive(e.to_string()))?;
+    let request = task::token_request(&task, &agent, &anchor, Timestamp::now())
+        .map_err(|e| BrokerRefusal::NotActive(e.to_string()))?;
     let sa_api: Api<ServiceAccount> = Api::namespaced(b.client.clone(), namespace);
     let minted = sa_api.create_token_request(&agent.service_account_name(), &PostParams::default(), &request).await?;
     let status = minted.status.ok_or_else(|| BrokerRefusal::NotActive("the apiserver issued no token".into()))?;
-    let token = status.token.filter(|t| !t.is_empty()).ok_or_else(|| BrokerRefusal::NotActive("the apiserver issued no token".into()))?;
+    let token = status
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| BrokerRefusal::NotActive("the apiserver issued no token".into()))?;
     let expires = status.expiration_timestamp.map(|t| t.0.to_string());
     b.metrics.token_issued();
     info!(namespace, task = %name, agent = %agent.metadata.name.as_deref().unwrap_or_default(),
         fingerprint = %fingerprint(&token), expires = ?expires, "task token issued");
-    let body = TokenResponse {
-        token,
-        expiration_timestamp: expires,
-        audiences: task.spec.audiences.clone(),
-    };
+    let body = TokenResponse { token, expiration_timestamp: expires, audiences: task.spec.audiences.clone() };
     let mut res = axum::Json(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
-use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 
 use agentid::cli::run::{RunArgs, start_webhook};
 use agentid::controller::{Context, OperatorConfig};
+use agentid::metrics::Metrics;
 use agentid::probes::Readiness;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::api::DeleteParams;
-use agentid::metrics::Metrics;
 
 static CRDS: OnceCell<()> = OnceCell::const_new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -187,7 +187,10 @@ impl Webhook {
             labels.insert("agentid.dev/enforcement".into(), m.into());
         }
         let patch = serde_json::json!({"metadata": {"labels": labels}});
-        Api::<Namespace>::all(self.client.clone()).patch(ns, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        Api::<Namespace>::all(self.client.clone())
+            .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
     }
 
     pub async fn stop(self) {
@@ -196,11 +199,13 @@ impl Webhook {
     }
 }
 
-
 impl Webhook {
     /// The CA that signs the server's certificate (from its self-managed Secret).
     pub async fn ca_pem(&self) -> Vec<u8> {
-        let s: Secret = Api::namespaced(self.client.clone(), &self.operator_ns).get(&format!("{}-webhook-tls", self.name)).await.unwrap();
+        let s: Secret = Api::namespaced(self.client.clone(), &self.operator_ns)
+            .get(&format!("{}-webhook-tls", self.name))
+            .await
+            .unwrap();
         s.data.unwrap()["ca.crt"].0.clone()
     }
 
@@ -217,7 +222,8 @@ impl Webhook {
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
         let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let req = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
         tls.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         let _ = tls.read_to_end(&mut buf).await;

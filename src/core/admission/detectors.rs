@@ -1815,5 +1815,4 @@ mod tests {
         assert!(!name_is_secretish("--"));
         assert!(!name_is_secretish(&"TOKEN".repeat(40)));
     }
-
 }

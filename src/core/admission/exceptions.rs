@@ -81,7 +81,12 @@ impl ExceptionSet {
     }
 
     /// Splits `violations` into those that remain and those an unexpired exception waives.
-    pub fn apply(&self, w: &Workload, violations: Vec<Violation>, now: Timestamp) -> (Vec<Violation>, Vec<ExceptionUse>) {
+    pub fn apply(
+        &self,
+        w: &Workload,
+        violations: Vec<Violation>,
+        now: Timestamp,
+    ) -> (Vec<Violation>, Vec<ExceptionUse>) {
         if self.exceptions.is_empty() || violations.is_empty() {
             return (violations, Vec::new());
         }

@@ -108,7 +108,8 @@ pub fn missing_message(user: &str, namespace: &str, missing: &[&AccessCheck]) ->
     if missing.is_empty() {
         return None;
     }
-    let list: Vec<String> = missing.iter().map(|c| format!("spec.kubernetesRules[{}]: {}", c.rule, c.describe())).collect();
+    let list: Vec<String> =
+        missing.iter().map(|c| format!("spec.kubernetesRules[{}]: {}", c.rule, c.describe())).collect();
     Some(format!(
         "[agentid/toolgrant-escalation] {user} may not grant permissions they do not hold in namespace {namespace:?}: {}; \
          fix: remove those rules, or have someone who holds them create the grant",
@@ -152,7 +153,10 @@ mod tests {
             access_checks(&grant("[{nonResourceURLs: [/metrics], verbs: [get]}]"), "agents"),
             Err(GrantRefusal::NonResourceUrls(0))
         );
-        assert_eq!(access_checks(&grant("[{apiGroups: [''], resources: [], verbs: [get]}]"), "agents"), Err(GrantRefusal::IncompleteRule(0)));
+        assert_eq!(
+            access_checks(&grant("[{apiGroups: [''], resources: [], verbs: [get]}]"), "agents"),
+            Err(GrantRefusal::IncompleteRule(0))
+        );
         let wide = "[{apiGroups: [a,b,c,d,e,f,g,h], resources: [a,b,c,d,e,f,g,h], verbs: [a,b,c,d,e,f,g,h,i]}]";
         assert_eq!(access_checks(&grant(wide), "agents"), Err(GrantRefusal::TooBroad));
     }

@@ -79,8 +79,13 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Document>, InputError> {
 
 fn push_objects(file: &str, line: usize, v: Value, out: &mut Vec<Document>) -> Result<(), String> {
     match v {
-        Value::Object(ref m) if m.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) && m.contains_key("items") => {
-            let Some(Value::Array(items)) = m.get("items") else { return Err("`items` of a List must be an array".into()) };
+        Value::Object(ref m)
+            if m.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"))
+                && m.contains_key("items") =>
+        {
+            let Some(Value::Array(items)) = m.get("items") else {
+                return Err("`items` of a List must be an array".into());
+            };
             for item in items {
                 push_objects(file, line, item.clone(), out)?;
             }
@@ -113,7 +118,12 @@ pub struct CheckResult {
 
 /// Judges every workload in `docs` as if its namespace were enforced. The
 /// AgentIdentities among the documents are the known agents.
-pub fn check(docs: &[Document], default_namespace: &str, exceptions: &ExceptionSet, now: Timestamp) -> (Vec<CheckResult>, Vec<InputError>) {
+pub fn check(
+    docs: &[Document],
+    default_namespace: &str,
+    exceptions: &ExceptionSet,
+    now: Timestamp,
+) -> (Vec<CheckResult>, Vec<InputError>) {
     let mut errors = Vec::new();
     let mut agents = Vec::new();
     for d in docs {
@@ -122,7 +132,11 @@ pub fn check(docs: &[Document], default_namespace: &str, exceptions: &ExceptionS
         {
             match serde_json::from_value::<AgentIdentity>(d.value.clone()) {
                 Ok(a) => agents.push(a),
-                Err(e) => errors.push(InputError { file: d.file.clone(), line: Some(d.line), message: format!("invalid AgentIdentity: {e}") }),
+                Err(e) => errors.push(InputError {
+                    file: d.file.clone(),
+                    line: Some(d.line),
+                    message: format!("invalid AgentIdentity: {e}"),
+                }),
             }
         }
     }
@@ -269,7 +283,8 @@ items:
         let e = parse_file("bad.json", "{\n \"a\": \n}").unwrap_err();
         assert_eq!(e.line, Some(3));
         assert!(parse_file("s.yaml", "just a string\n").is_err());
-        let docs = parse_file("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 5}\n").unwrap();
+        let docs =
+            parse_file("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 5}\n").unwrap();
         let (_, errors) = check(&docs, "default", &ExceptionSet::default(), now());
         assert!(errors[0].to_string().starts_with("p.yaml:1: Pod p: spec is not a valid pod spec"), "{}", errors[0]);
     }

@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(grants.failure_policy.as_deref(), Some("Fail"));
         assert_eq!(grants.client_config.url.as_deref(), Some("https://127.0.0.1:8443/validate/toolgrants"));
         for (hook, mode) in hooks.iter().zip(Enforcement::ALL) {
-            assert_eq!(hook.client_config.url.as_deref(), Some(format!("https://127.0.0.1:8443/validate/workloads/{mode}").as_str()));
+            assert_eq!(
+                hook.client_config.url.as_deref(),
+                Some(format!("https://127.0.0.1:8443/validate/workloads/{mode}").as_str())
+            );
             let exprs = hook.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
             assert_eq!(exprs[0].values.as_ref().unwrap(), &vec![mode.as_str().to_string()]);
             let excluded = exprs[1].values.as_ref().unwrap();
@@ -213,8 +216,18 @@ mod tests {
         }
         assert_eq!(hooks[0].failure_policy.as_deref(), Some("Fail"));
         assert_eq!(hooks[1].failure_policy.as_deref(), Some("Ignore"));
-        let resources: Vec<String> = hooks[0].rules.as_ref().unwrap().iter().flat_map(|r| r.resources.clone().unwrap()).collect();
-        for r in ["pods", "pods/ephemeralcontainers", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "cronjobs"] {
+        let resources: Vec<String> =
+            hooks[0].rules.as_ref().unwrap().iter().flat_map(|r| r.resources.clone().unwrap()).collect();
+        for r in [
+            "pods",
+            "pods/ephemeralcontainers",
+            "deployments",
+            "replicasets",
+            "statefulsets",
+            "daemonsets",
+            "jobs",
+            "cronjobs",
+        ] {
             assert!(resources.contains(&r.to_string()), "{r}");
         }
     }

@@ -199,10 +199,9 @@ pub fn judge(
     let verdict = decide(mode, violations.len());
     let response = match verdict {
         Verdict::Allow => allow(&req.uid),
-        Verdict::Warn => AdmissionResponse {
-            warnings: violations.iter().map(|v| v.message.clone()).collect(),
-            ..allow(&req.uid)
-        },
+        Verdict::Warn => {
+            AdmissionResponse { warnings: violations.iter().map(|v| v.message.clone()).collect(), ..allow(&req.uid) }
+        }
         Verdict::Deny => AdmissionResponse {
             uid: req.uid.clone(),
             allowed: false,
@@ -282,7 +281,13 @@ mod tests {
         assert!(!j.response.allowed);
         let status = j.response.status.unwrap();
         assert_eq!(status.code, 403);
-        assert!(status.message.starts_with("Deployment agents/web breaks 1 agentid rule(s) (static-secret-env):\n[agentid/static-secret-env]"), "{}", status.message);
+        assert!(
+            status.message.starts_with(
+                "Deployment agents/web breaks 1 agentid rule(s) (static-secret-env):\n[agentid/static-secret-env]"
+            ),
+            "{}",
+            status.message
+        );
         assert_eq!(j.response.uid, "u-1");
     }
 
@@ -324,10 +329,14 @@ mod tests {
         assert!(matches!(parse(b"not json"), Err(ReviewError::Malformed(_))));
         assert!(matches!(parse(b"{}"), Err(ReviewError::Malformed(_))));
         assert_eq!(
-            parse(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#).unwrap_err(),
+            parse(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#)
+                .unwrap_err(),
             ReviewError::Version("admission.k8s.io/v1beta1".into())
         );
-        assert_eq!(parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).unwrap_err(), ReviewError::NoRequest);
+        assert_eq!(
+            parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).unwrap_err(),
+            ReviewError::NoRequest
+        );
         // A workload whose pod spec does not decode: denied in enforce, warned otherwise.
         let broken = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"}, "spec": {"template": {"spec": {"containers": 7}}}});
         let j = run(&review("CREATE", broken.clone(), None), Enforcement::Enforce);

@@ -76,12 +76,20 @@ impl RuleId {
     /// One sentence on what the rule protects against (docs, SARIF).
     pub fn summary(self) -> &'static str {
         match self {
-            RuleId::StaticSecretEnv => "Environment variables must not read static Secrets; agents get short-lived credentials.",
-            RuleId::StaticSecretEnvFrom => "envFrom must not import static Secrets; agents get short-lived credentials.",
+            RuleId::StaticSecretEnv => {
+                "Environment variables must not read static Secrets; agents get short-lived credentials."
+            }
+            RuleId::StaticSecretEnvFrom => {
+                "envFrom must not import static Secrets; agents get short-lived credentials."
+            }
             RuleId::StaticSecretVolume => "Volumes must not mount static Secrets; agents get short-lived credentials.",
-            RuleId::HardcodedCredential => "Credentials must not be written literally into env values, args or commands.",
+            RuleId::HardcodedCredential => {
+                "Credentials must not be written literally into env values, args or commands."
+            }
             RuleId::DefaultServiceAccount => "Workloads must not run as the namespace's default ServiceAccount.",
-            RuleId::SharedServiceAccount => "An agent runs only as its own dedicated ServiceAccount, and nothing else runs as it.",
+            RuleId::SharedServiceAccount => {
+                "An agent runs only as its own dedicated ServiceAccount, and nothing else runs as it."
+            }
             RuleId::UnknownAgent => "An agent workload must name an existing, active AgentIdentity.",
             RuleId::LongLivedToken => "Agent workloads use only short-lived, audience-bound tokens.",
         }
@@ -218,7 +226,12 @@ const FIX_SECRET: &str = "remove it and grant the tool through a ToolGrant so th
 /// Judges one workload. Returns every violation, in a stable order.
 pub fn evaluate(w: &Workload, agents: &dyn AgentDirectory) -> Vec<Violation> {
     let ns = w.namespace.as_deref().unwrap_or("default");
-    let mut r = Report { subject: format!("{} {ns}/{}", w.kind, w.name), base: w.spec_path, labels_path: w.labels_path, out: Vec::new() };
+    let mut r = Report {
+        subject: format!("{} {ns}/{}", w.kind, w.name),
+        base: w.spec_path,
+        labels_path: w.labels_path,
+        out: Vec::new(),
+    };
     let pod = &w.pod;
 
     for c in containers(pod) {
@@ -247,7 +260,10 @@ pub fn evaluate(w: &Workload, agents: &dyn AgentDirectory) -> Vec<Violation> {
             for (i, word) in words.iter().enumerate() {
                 let mut found = detectors::scan_text(word);
                 // `--api-key <value>`: the flag names the value in the next word.
-                if i > 0 && words[i - 1].starts_with('-') && !words[i - 1].contains('=') && !word.starts_with('-')
+                if i > 0
+                    && words[i - 1].starts_with('-')
+                    && !words[i - 1].contains('=')
+                    && !word.starts_with('-')
                     && let Some(f) = detectors::scan_value(Some(&words[i - 1]), word)
                     && !found.contains(&f)
                 {
@@ -289,9 +305,16 @@ pub fn evaluate(w: &Workload, agents: &dyn AgentDirectory) -> Vec<Violation> {
         let (path, what) = match (&pod.service_account_name, &pod.service_account) {
             (Some(_), _) => ("serviceAccountName", "is \"default\""),
             (None, Some(_)) => ("serviceAccount", "(deprecated field) is \"default\""),
-            (None, None) => ("serviceAccountName", "is not set, so the pod runs as the namespace's default ServiceAccount"),
+            (None, None) => {
+                ("serviceAccountName", "is not set, so the pod runs as the namespace's default ServiceAccount")
+            }
         };
-        r.add(RuleId::DefaultServiceAccount, path, what, "set serviceAccountName to a dedicated ServiceAccount (an AgentIdentity creates one per agent)");
+        r.add(
+            RuleId::DefaultServiceAccount,
+            path,
+            what,
+            "set serviceAccountName to a dedicated ServiceAccount (an AgentIdentity creates one per agent)",
+        );
     }
 
     match w.labels.get(AGENT_LABEL) {
@@ -300,7 +323,9 @@ pub fn evaluate(w: &Workload, agents: &dyn AgentDirectory) -> Vec<Violation> {
             if sa != "default"
                 && let Some(owner) = agents.agent_of_service_account(ns, sa)
             {
-                let what = format!("is {sa:?}, the dedicated ServiceAccount of agent {owner:?}, but the workload has no {AGENT_LABEL} label");
+                let what = format!(
+                    "is {sa:?}, the dedicated ServiceAccount of agent {owner:?}, but the workload has no {AGENT_LABEL} label"
+                );
                 r.add(RuleId::SharedServiceAccount, "serviceAccountName", &what, &format!("use a ServiceAccount of its own, or label the pod template {AGENT_LABEL}={owner} if it is that agent"));
             }
         }
@@ -308,8 +333,7 @@ pub fn evaluate(w: &Workload, agents: &dyn AgentDirectory) -> Vec<Violation> {
     r.out
 }
 
-const FIX_HARDCODED: &str =
-    "remove the literal, rotate the credential (anyone who can read the spec has it), and grant the tool through a ToolGrant";
+const FIX_HARDCODED: &str = "remove the literal, rotate the credential (anyone who can read the spec has it), and grant the tool through a ToolGrant";
 
 fn effective_service_account(pod: &PodSpec) -> &str {
     pod.service_account_name
@@ -324,18 +348,28 @@ fn agent_rules(r: &mut Report<'_>, pod: &PodSpec, ns: &str, agent_name: &str, sa
     let agent = agents.agent(ns, agent_name);
     match &agent {
         None => {
-            let what = format!("names agent {agent_name:?}, but there is no AgentIdentity {agent_name:?} in namespace {ns:?}");
+            let what =
+                format!("names agent {agent_name:?}, but there is no AgentIdentity {agent_name:?} in namespace {ns:?}");
             let fix = format!("create AgentIdentity {agent_name:?} in {ns:?}, or correct the {AGENT_LABEL} label");
             r.add_at(RuleId::UnknownAgent, &label_path, &what, &fix);
         }
         Some(a) if a.suspended => {
             let what = format!("names agent {agent_name:?}, which is suspended (spec.suspended: true)");
-            let fix = format!("ask the agent's owner ({}) to lift the suspension; suspended agents may not run", a.owner);
+            let fix =
+                format!("ask the agent's owner ({}) to lift the suspension; suspended agents may not run", a.owner);
             r.add_at(RuleId::UnknownAgent, &label_path, &what, &fix);
         }
         Some(a) if sa != a.service_account => {
-            let what = format!("is {sa:?}, but agent {agent_name:?} must run as its dedicated ServiceAccount {:?}", a.service_account);
-            r.add(RuleId::SharedServiceAccount, "serviceAccountName", &what, &format!("set serviceAccountName: {}", a.service_account));
+            let what = format!(
+                "is {sa:?}, but agent {agent_name:?} must run as its dedicated ServiceAccount {:?}",
+                a.service_account
+            );
+            r.add(
+                RuleId::SharedServiceAccount,
+                "serviceAccountName",
+                &what,
+                &format!("set serviceAccountName: {}", a.service_account),
+            );
         }
         Some(_) => {}
     }
@@ -358,12 +392,22 @@ fn agent_rules(r: &mut Report<'_>, pod: &PodSpec, ns: &str, agent_name: &str, sa
             let Some(t) = &src.service_account_token else { continue };
             let path = format!("volumes[{i}].projected.sources[{j}].serviceAccountToken");
             if t.audience.as_deref().is_none_or(str::is_empty) {
-                r.add(RuleId::LongLivedToken, &path, &format!("({}) has no audience, so the token is valid for the Kubernetes API itself", v.name), "set audience to the tool the agent calls (one of its AgentIdentity's audiences)");
+                r.add(
+                    RuleId::LongLivedToken,
+                    &path,
+                    &format!("({}) has no audience, so the token is valid for the Kubernetes API itself", v.name),
+                    "set audience to the tool the agent calls (one of its AgentIdentity's audiences)",
+                );
             }
             // The apiserver defaults expirationSeconds to 1h.
             let secs = t.expiration_seconds.unwrap_or(3600);
             if secs > ttl as i64 {
-                r.add(RuleId::LongLivedToken, &path, &format!("({}) asks for {secs}s tokens, longer than the agent's tokenTTL of {ttl}s", v.name), &format!("set expirationSeconds <= {ttl}"));
+                r.add(
+                    RuleId::LongLivedToken,
+                    &path,
+                    &format!("({}) asks for {secs}s tokens, longer than the agent's tokenTTL of {ttl}s", v.name),
+                    &format!("set expirationSeconds <= {ttl}"),
+                );
             }
         }
     }
@@ -564,7 +608,10 @@ volumes:
     fn default_service_account_in_all_its_forms() {
         for (spec, path) in [
             ("containers: [{name: app, image: x}]", "spec.template.spec.serviceAccountName"),
-            ("serviceAccountName: default\ncontainers: [{name: app, image: x}]", "spec.template.spec.serviceAccountName"),
+            (
+                "serviceAccountName: default\ncontainers: [{name: app, image: x}]",
+                "spec.template.spec.serviceAccountName",
+            ),
             ("serviceAccount: default\ncontainers: [{name: app, image: x}]", "spec.template.spec.serviceAccount"),
             ("serviceAccountName: ''\ncontainers: [{name: app, image: x}]", "spec.template.spec.serviceAccountName"),
         ] {
@@ -586,7 +633,8 @@ volumes:
 
     #[test]
     fn non_agent_workload_on_an_agent_service_account_is_shared_service_account() {
-        let v = eval(&deployment("{app: web}", "serviceAccountName: agent-billing\ncontainers: [{name: app, image: x}]"));
+        let v =
+            eval(&deployment("{app: web}", "serviceAccountName: agent-billing\ncontainers: [{name: app, image: x}]"));
         assert_eq!(rules_of(&v), vec!["shared-service-account"]);
         assert!(v[0].message.contains("agent \"billing\""), "{}", v[0].message);
         // The same SA name in another namespace belongs to no agent.
@@ -638,7 +686,9 @@ volumes:
 
     #[test]
     fn unknown_agents_get_the_one_hour_ceiling() {
-        let spec = GOOD_AGENT.replace("agent-billing", "agent-ghost").replace("expirationSeconds: 600", "expirationSeconds: 3600");
+        let spec = GOOD_AGENT
+            .replace("agent-billing", "agent-ghost")
+            .replace("expirationSeconds: 600", "expirationSeconds: 3600");
         let v = eval(&deployment("{agentid.dev/agent: ghost}", &spec));
         assert_eq!(rules_of(&v), vec!["unknown-agent"], "3600s is within the 1h ceiling");
     }
@@ -669,7 +719,14 @@ volumes: [{name: s, secret: {secretName: s}}]";
         rules.sort();
         assert_eq!(
             rules,
-            vec!["default-service-account", "long-lived-token", "static-secret-env", "static-secret-envfrom", "static-secret-volume", "unknown-agent"]
+            vec![
+                "default-service-account",
+                "long-lived-token",
+                "static-secret-env",
+                "static-secret-envfrom",
+                "static-secret-volume",
+                "unknown-agent"
+            ]
         );
         for r in RuleId::ALL {
             assert_eq!(RuleId::parse(r.as_str()), Some(r));
@@ -709,7 +766,11 @@ containers:
         );
         assert!(v[0].message.contains("[github-token]") && v[2].message.contains("[aws-access-key-id]"), "{v:?}");
         for violation in &v {
-            assert!(!violation.message.contains(&gh) && !violation.message.contains(generic) && !violation.message.contains(&aws));
+            assert!(
+                !violation.message.contains(&gh)
+                    && !violation.message.contains(generic)
+                    && !violation.message.contains(&aws)
+            );
         }
     }
 

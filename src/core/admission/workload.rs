@@ -67,7 +67,12 @@ pub fn from_object(obj: &Value) -> Result<Option<Workload>, WorkloadError> {
     let meta = obj.get("metadata");
     let str_at = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
     let name = str_at("name").or_else(|| str_at("generateName")).unwrap_or_default();
-    let invalid = |reason: String| WorkloadError::InvalidPodSpec { kind: kind.to_string(), name: name.clone(), path: spec_path, reason };
+    let invalid = |reason: String| WorkloadError::InvalidPodSpec {
+        kind: kind.to_string(),
+        name: name.clone(),
+        path: spec_path,
+        reason,
+    };
     let pod = match at(obj, spec_path) {
         Some(spec) => PodSpec::deserialize(spec).map_err(|e| invalid(e.to_string()))?,
         None => return Err(invalid("missing".into())),
@@ -78,8 +83,9 @@ pub fn from_object(obj: &Value) -> Result<Option<Workload>, WorkloadError> {
         _ => "spec.template.metadata.labels",
     };
     let labels = match at(obj, labels_path) {
-        Some(l) if !l.is_null() => BTreeMap::<String, String>::deserialize(l)
-            .map_err(|e| invalid(format!("{labels_path}: {e}")))?,
+        Some(l) if !l.is_null() => {
+            BTreeMap::<String, String>::deserialize(l).map_err(|e| invalid(format!("{labels_path}: {e}")))?
+        }
         _ => BTreeMap::new(),
     };
     Ok(Some(Workload {
@@ -103,13 +109,34 @@ mod tests {
         let pod_spec = json!({"containers": [{"name": "c", "image": "i"}]});
         let template = json!({"metadata": {"labels": {"agentid.dev/agent": "a"}}, "spec": pod_spec});
         let cases = [
-            (json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"agentid.dev/agent": "a"}}, "spec": pod_spec}), "spec"),
-            (json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
-            (json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
-            (json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
-            (json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
-            (json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "p"}, "spec": {"template": template}}), "spec.template.spec"),
-            (json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "p"}, "spec": {"jobTemplate": {"spec": {"template": template}}}}), "spec.jobTemplate.spec.template.spec"),
+            (
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"agentid.dev/agent": "a"}}, "spec": pod_spec}),
+                "spec",
+            ),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "p"}, "spec": {"template": template}}),
+                "spec.template.spec",
+            ),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "p"}, "spec": {"template": template}}),
+                "spec.template.spec",
+            ),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "p"}, "spec": {"template": template}}),
+                "spec.template.spec",
+            ),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "p"}, "spec": {"template": template}}),
+                "spec.template.spec",
+            ),
+            (
+                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "p"}, "spec": {"template": template}}),
+                "spec.template.spec",
+            ),
+            (
+                json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "p"}, "spec": {"jobTemplate": {"spec": {"template": template}}}}),
+                "spec.jobTemplate.spec.template.spec",
+            ),
         ];
         for (obj, path) in cases {
             let w = from_object(&obj).unwrap().unwrap();
@@ -122,7 +149,10 @@ mod tests {
     #[test]
     fn other_kinds_are_not_workloads() {
         assert_eq!(from_object(&json!({"apiVersion": "v1", "kind": "ConfigMap"})).unwrap(), None);
-        assert_eq!(from_object(&json!({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": 1})).unwrap(), None);
+        assert_eq!(
+            from_object(&json!({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": 1})).unwrap(),
+            None
+        );
         assert!(!is_workload_kind("v1", "Service"));
         assert!(is_workload_kind("batch/v1", "CronJob"));
     }
