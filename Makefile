@@ -18,6 +18,7 @@ tools:
 ## Regenerate crds/ from the Rust types
 crds:
 	$(CARGO) run --quiet -- crdgen --out-dir crds
+	$(CARGO) run --quiet -- crdgen --out-dir charts/agentid/crds
 
 cluster-up: tools
 	e2e/cluster.sh up

@@ -3,8 +3,14 @@
 use serde_json::Value;
 
 #[test]
-fn crds_directory_matches_the_types() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+fn crds_directories_match_the_types() {
+    for dir in ["crds", "charts/agentid/crds"] {
+        crds_match(dir);
+    }
+}
+
+fn crds_match(dir: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     for (name, want) in agentid::api::crd_files() {
         let path = dir.join(&name);
         let have = std::fs::read_to_string(&path).unwrap_or_default();
@@ -14,7 +20,7 @@ fn crds_directory_matches_the_types() {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
         .count();
-    assert_eq!(files, agentid::api::crd_files().len(), "crds/ holds a file that no type generates");
+    assert_eq!(files, agentid::api::crd_files().len(), "{} holds a file that no type generates", dir.display());
 }
 
 fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
