@@ -134,6 +134,16 @@ async fn webhook_enforces_warns_and_audits_through_the_apiserver() {
     })
     .await;
 
+    // A debug container added through pods/ephemeralcontainers is judged too.
+    let debug = serde_json::json!({"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox",
+        "env": [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]}]}});
+    let err = pods
+        .patch_ephemeral_containers("triage", &PatchParams::default(), &Patch::Strategic(&debug))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[agentid/static-secret-env]") && err.contains("spec.ephemeralContainers[0].env[0]"), "{err}");
+
     // A suspended agent's pods are refused with their own reason.
     let patch = serde_json::json!({"spec": {"suspended": true}});
     agents.patch("triage", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
