@@ -31,7 +31,10 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(yaml).filter_map(|d| Value::deserialize(d).ok()).filter(|v| !v.is_null()).collect()
+    serde_norway::Deserializer::from_str(yaml)
+        .filter_map(|d| Value::deserialize(d).ok())
+        .filter(|v| !v.is_null())
+        .collect()
 }
 
 fn find<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
@@ -43,8 +46,11 @@ fn find<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
 async fn chart_renders_with_the_shipped_rbac_and_the_apiserver_accepts_it() {
     let env = support::env("chart").await;
     run("helm", &["lint", "charts/agentid"], None);
-    let rendered =
-        run("helm", &["template", "agentid", "charts/agentid", "--namespace", &env.ns, "--kube-version", "1.36.3"], None);
+    let rendered = run(
+        "helm",
+        &["template", "agentid", "charts/agentid", "--namespace", &env.ns, "--kube-version", "1.36.3"],
+        None,
+    );
     let docs = documents(&rendered);
     let shipped = documents(include_str!("../config/rbac/role.yaml"));
 
@@ -58,8 +64,12 @@ async fn chart_renders_with_the_shipped_rbac_and_the_apiserver_accepts_it() {
 
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(deployment["spec"]["replicas"], 2, "HA by default");
-    let args: Vec<&str> =
-        deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert_eq!(args[0], "run");
 
     // Everything the chart renders is valid for the real apiserver.

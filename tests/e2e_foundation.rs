@@ -77,8 +77,16 @@ async fn apiserver_refuses_invalid_objects_with_clear_messages() {
     assert!(msg.contains("maxDataSensitivity") && msg.contains("restricted"), "{msg}");
 
     // And a valid one is accepted, with defaults filled in by the apiserver.
-    let ok = agents.create(&PostParams::default(), &from_yaml(&agent_yaml("ok", ""))).await.unwrap();
+    let mut ok = agents.create(&PostParams::default(), &from_yaml(&agent_yaml("ok", ""))).await.unwrap();
     assert_eq!(ok.spec.token_ttl, "10m");
+
+    // The ServiceAccount of an agent cannot be swapped afterwards.
+    ok.spec.service_account_name = Some("someone-else".into());
+    let msg = match agents.replace("ok", &PostParams::default(), &ok).await {
+        Err(kube::Error::Api(s)) => s.message,
+        other => panic!("serviceAccountName change was accepted: {other:?}"),
+    };
+    assert!(msg.contains("serviceAccountName is immutable"), "{msg}");
 }
 
 #[tokio::test]

@@ -47,6 +47,7 @@ pub const MAX_TOKEN_TTL_SECS: u64 = 3600;
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[x_kube(validation = Rule::new("has(self.serviceAccountName) == has(oldSelf.serviceAccountName) && (!has(self.serviceAccountName) || self.serviceAccountName == oldSelf.serviceAccountName)").message("serviceAccountName is immutable: create a new AgentIdentity for another ServiceAccount").field_path(".serviceAccountName"))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentIdentitySpec {
     /// The team or person accountable for this agent (for example `team-payments` or `alice@example.com`).

@@ -115,6 +115,7 @@ impl RunArgs {
             operator_namespace: self.operator_namespace.clone(),
             operator_user: Some(format!("system:serviceaccount:{}:{}", self.operator_namespace, self.service_account)),
             scope,
+            only_namespace: self.watch_namespace.clone(),
             timeout_seconds: 5,
         }))
     }
@@ -236,11 +237,13 @@ pub async fn start_webhook(
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
 ) -> Result<SocketAddr> {
-    // Admission judges workloads in every namespace, so it watches every AgentIdentity.
+    // Admission judges workloads in every watched namespace, so it caches their AgentIdentities.
+    let agents_api: Api<AgentIdentity> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let (store, writer) = reflector::store();
-    let stream = reflector(writer, watcher(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .applied_objects();
+    let stream = reflector(writer, watcher(agents_api, watcher::Config::default())).default_backoff().applied_objects();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {

@@ -11,7 +11,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use super::Context;
@@ -84,12 +83,7 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
         }
     }
     // status (only when it changed, so steady state costs no writes)
-    if agent.status.as_ref() != Some(&plan.status) {
-        let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({ "status": plan.status });
-        api.patch_status(&agent.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        ctx.publish(agent.as_ref(), "Reconcile", &plan.events).await;
-    }
+    ctx.write_status(agent.as_ref(), agent.status.as_ref(), &plan.status, &plan.events).await?;
     Ok(Action::requeue(requeue))
 }
 

@@ -40,6 +40,14 @@ impl LeaderConfig {
 
 /// Reads the Lease and writes what [`lease::decide`] says; returns whether we lead now.
 async fn try_lead(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool> {
+    // A request that hangs must not outlive the Lease: give up in time and count it as a failure.
+    match tokio::time::timeout(cfg.retry, try_lead_once(api, cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::Error::Config("Lease request timed out".into())),
+    }
+}
+
+async fn try_lead_once(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool> {
     let current = api.get_opt(&cfg.name).await?;
     let action = lease::decide(
         current.as_ref(),

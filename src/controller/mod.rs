@@ -55,6 +55,34 @@ impl Context {
         Self { client, config, recorder, metrics }
     }
 
+    /// Writes `new` as the status of `obj` when it differs from `old` (steady state costs no writes),
+    /// removing fields `new` leaves out, then publishes the planned Events.
+    pub async fn write_status<K, S>(
+        &self,
+        obj: &K,
+        old: Option<&S>,
+        new: &S,
+        events: &[PlannedEvent],
+    ) -> crate::Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: serde::Serialize + PartialEq,
+    {
+        if old == Some(new) {
+            return Ok(());
+        }
+        let api: kube::Api<K> =
+            kube::Api::namespaced(self.client.clone(), obj.meta().namespace.as_deref().unwrap_or_default());
+        let patch = crate::core::status::merge_patch(old, new);
+        let name = obj.meta().name.clone().unwrap_or_default();
+        api.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+        self.publish(obj, "Reconcile", events).await;
+        Ok(())
+    }
+
     /// Publishes planned Events. Failing to record an Event never fails a reconcile.
     pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, action: &str, events: &[PlannedEvent]) {
         let reference = obj.object_ref(&());

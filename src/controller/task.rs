@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -22,7 +22,7 @@ use super::identity::FINALIZER;
 use super::toolgrant::delete_exactly;
 use crate::api::{AgentIdentity, AgentTask, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::core::identity::{PlanError, is_owned_by};
-use crate::core::task::{self, AnchorAction, Revocation, TaskPlan};
+use crate::core::task::{self, AnchorAction, Revocation};
 use crate::error::{Error, Result};
 
 const KIND: &str = "AgentTask";
@@ -117,20 +117,9 @@ async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
         warn!(anchor = %plan.anchor_name, "a Secret of the anchor's name is not this task's");
     }
     // status (only when it changed, so steady state costs no writes)
-    write_status(&task, &plan, ctx).await?;
+    ctx.write_status(task.as_ref(), task.status.as_ref(), &plan.status, &plan.events).await?;
     // The phase changes at expiry without any watch event: wake up then.
     Ok(Action::requeue(plan.requeue_after))
-}
-
-async fn write_status(task: &AgentTask, plan: &TaskPlan, ctx: &Context) -> Result<()> {
-    if task.status.as_ref() == Some(&plan.status) {
-        return Ok(());
-    }
-    let api: Api<AgentTask> = Api::namespaced(ctx.client.clone(), &task.namespace().unwrap_or_default());
-    let patch = task::status_patch(&plan.status);
-    api.patch_status(&task.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.publish(task, "Reconcile", &plan.events).await;
-    Ok(())
 }
 
 /// Deletes the task's own anchor (exactly the fetched one) and counts the revocation.

@@ -16,7 +16,6 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use super::Context;
@@ -111,12 +110,7 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
         }
     }
     // status (only when it changed, so steady state costs no writes)
-    if grant.status.as_ref() != Some(&plan.status) {
-        let api: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({ "status": plan.status });
-        api.patch_status(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        ctx.publish(grant.as_ref(), "Reconcile", &plan.events).await;
-    }
+    ctx.write_status(grant.as_ref(), grant.status.as_ref(), &plan.status, &plan.events).await?;
     // The phase changes at the next validity boundary without any watch event: wake up then.
     Ok(Action::requeue(plan.requeue_after))
 }

@@ -65,8 +65,8 @@ pub fn authenticated_user<'a>(status: &'a TokenReviewStatus, audience: &str) -> 
             "the token is not valid (expired, revoked or not a Kubernetes token)".into(),
         ));
     }
-    // The apiserver answers with the audiences the token is valid for, out of those asked.
-    if status.audiences.as_ref().is_some_and(|a| !a.iter().any(|x| x == audience)) {
+    // The apiserver answers with the audiences the token is valid for, out of those asked: insist on ours.
+    if !status.audiences.as_ref().is_some_and(|a| a.iter().any(|x| x == audience)) {
         return Err(BrokerRefusal::Unauthenticated(format!("the token is not meant for audience {audience:?}")));
     }
     status
@@ -135,6 +135,9 @@ mod tests {
         assert_eq!(authenticated_user(&status(true, "u", &["agentid"]), "agentid"), Ok("u"));
         assert_eq!(authenticated_user(&status(false, "u", &["agentid"]), "agentid").unwrap_err().http_status(), 401);
         assert_eq!(authenticated_user(&status(true, "u", &["other"]), "agentid").unwrap_err().http_status(), 401);
+        let mut no_audiences = status(true, "u", &[]);
+        no_audiences.audiences = None;
+        assert_eq!(authenticated_user(&no_audiences, "agentid").unwrap_err().http_status(), 401);
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub fn decide(
         return LeaseAction::Renew(next);
     }
     let held_for = SignedDuration::from_secs(i64::from(s.lease_duration_seconds.unwrap_or(duration_secs)));
-    let until = s.renew_time.map(|t| t.0 + held_for).unwrap_or(now);
+    // A Lease with absurd times (hand-edited) counts as expired rather than panicking.
+    let until = s.renew_time.and_then(|t| t.0.checked_add(held_for).ok()).unwrap_or(now);
     if holder.is_empty() || until <= now {
         next.spec = Some(spec(me, now, now, duration_secs, transitions + 1));
         return LeaseAction::Acquire(next);

@@ -9,4 +9,5 @@ pub mod grant;
 pub mod identity;
 pub mod lease;
 pub mod names;
+pub mod status;
 pub mod task;

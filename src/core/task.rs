@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
-use serde_json::Value;
 
 use crate::api::duration::{self, DurationError};
 use crate::api::{
@@ -92,15 +91,17 @@ fn whole_seconds(t: Timestamp) -> Timestamp {
 /// that is this task's (its status may not have been written, or read back, yet).
 pub fn issued_at(task: &AgentTask, anchor: Option<&Secret>) -> Option<Timestamp> {
     let uid = task.metadata.uid.as_deref().unwrap_or_default();
-    task.status
-        .as_ref()
-        .and_then(|s| s.issued_at.as_ref())
-        .or_else(|| {
-            anchor
-                .filter(|a| !uid.is_empty() && is_owned_by(&a.metadata, uid))
-                .and_then(|a| a.metadata.creation_timestamp.as_ref())
-        })
-        .map(|t| t.0)
+    let recorded = task.status.as_ref().and_then(|s| s.issued_at.as_ref()).map(|t| t.0);
+    let anchored = anchor
+        .filter(|a| !uid.is_empty() && is_owned_by(&a.metadata, uid))
+        .and_then(|a| a.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0);
+    // Whoever can write status must not be able to move the start (and so the end) of a task later
+    // than its anchor proves: take the earlier of the two.
+    match (recorded, anchored) {
+        (Some(r), Some(a)) => Some(r.min(a)),
+        (r, a) => r.or(a),
+    }
 }
 
 /// The phase of a task at `now`, and why.
@@ -361,18 +362,6 @@ pub fn plan(
         requeue_after: requeue,
         events,
     })
-}
-
-/// The body of a JSON merge patch that writes `status` as a whole: fields it leaves out are removed
-/// (a merge patch keeps every key it does not mention, so `anchor` would outlive an Active task).
-pub fn status_patch(status: &AgentTaskStatus) -> Value {
-    let mut value = serde_json::to_value(status).unwrap_or_else(|_| Value::Object(Default::default()));
-    if let Value::Object(map) = &mut value {
-        for key in ["phase", "issuedAt", "expiresAt", "anchor", "conditions", "observedGeneration"] {
-            map.entry(key).or_insert(Value::Null);
-        }
-    }
-    serde_json::json!({ "status": value })
 }
 
 /// Why no token may be requested for a task.
@@ -920,22 +909,6 @@ mod tests {
         let mut elsewhere = agent("triage");
         elsewhere.metadata.namespace = Some("other-ns".into());
         assert!(!is_for_agent(&tk, &elsewhere));
-    }
-
-    #[test]
-    fn status_patch_removes_what_the_status_leaves_out() {
-        let mut tk = task("fix", "1h");
-        let a = agent("triage");
-        step(&mut tk, Some(&a), None, t(0));
-        tk.spec.completed = true;
-        let p = plan_at(&tk, Some(&a), None, t(1));
-        let patch = status_patch(&p.status);
-        assert_eq!(patch["status"]["anchor"], Value::Null);
-        assert!(patch["status"].as_object().unwrap().contains_key("anchor"));
-        assert_eq!(patch["status"]["phase"], "Completed");
-        assert_eq!(patch["status"]["issuedAt"], "2027-01-15T08:00:00Z");
-        let active = plan_at(&task("x", "1h"), Some(&a), None, t(0));
-        assert_eq!(status_patch(&active.status)["status"]["anchor"], "agentid-task-x");
     }
 
     #[test]

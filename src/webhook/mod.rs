@@ -157,7 +157,16 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
     let Some(object) = &req.object else { return allow };
     let grant: ToolGrant = match serde_json::from_value(object.clone()) {
         Ok(g) => g,
-        Err(e) => return deny(&req.uid, 400, format!("agentid could not read this ToolGrant: {e}")),
+        Err(e) => {
+            return deny(
+                &req.uid,
+                400,
+                format!(
+                    "agentid could not read this ToolGrant: {}",
+                    crate::core::admission::workload::redact(&e.to_string())
+                ),
+            );
+        }
     };
     let namespace = req.namespace.clone().or_else(|| grant.metadata.namespace.clone()).unwrap_or_default();
     if let Some((sa_ns, sa)) = grants::service_account_of(&req.user_info)

@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::api::{AgentIdentity, AgentTask};
+use crate::api::{AgentIdentity, AgentTask, TaskPhase};
 use crate::core::broker::{self, BrokerRefusal};
 use crate::core::task;
 use crate::metrics::Metrics;
@@ -124,14 +124,24 @@ async fn mint(b: &Broker, namespace: &str, name: &str, headers: &HeaderMap) -> R
     let agent = Api::<AgentIdentity>::namespaced(b.client.clone(), namespace)
         .get_opt(&task.spec.agent_ref.name)
         .await?
-        .ok_or_else(|| BrokerRefusal::NotActive(format!("AgentTask {namespace}/{name} has no agent")))?;
+        .ok_or_else(|| {
+            BrokerRefusal::Forbidden(format!("{username} may not have tokens of AgentTask {namespace}/{name}"))
+        })?;
     broker::authorize(&username, &task, &agent)?;
     let anchor: Secret = Api::<Secret>::namespaced(b.client.clone(), namespace)
         .get_opt(&task::anchor_name(name))
         .await?
         .ok_or_else(|| BrokerRefusal::NotActive(format!("AgentTask {namespace}/{name} is not Active")))?;
-    let request = task::token_request(&task, &agent, &anchor, Timestamp::now())
-        .map_err(|e| BrokerRefusal::NotActive(e.to_string()))?;
+    // Decide afresh rather than trust status alone: the controller (leader only) may not have seen
+    // `completed: true` or the expiry yet, and every replica serves this endpoint.
+    let now = Timestamp::now();
+    let decision = task::decide(&task, Some(&agent), task::issued_at(&task, Some(&anchor)), now);
+    if decision.phase != TaskPhase::Active || decision.expires_at.is_some_and(|e| e <= now) {
+        let phase = decision.phase;
+        return Err(BrokerRefusal::NotActive(format!("AgentTask {namespace}/{name} is not Active ({phase:?})")).into());
+    }
+    let request =
+        task::token_request(&task, &agent, &anchor, now).map_err(|e| BrokerRefusal::NotActive(e.to_string()))?;
     let sa_api: Api<ServiceAccount> = Api::namespaced(b.client.clone(), namespace);
     let minted = sa_api.create_token_request(&agent.service_account_name(), &PostParams::default(), &request).await?;
     let status = minted.status.ok_or_else(|| BrokerRefusal::NotActive("the apiserver issued no token".into()))?;

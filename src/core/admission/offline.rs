@@ -135,7 +135,7 @@ pub fn check(
                 Err(e) => errors.push(InputError {
                     file: d.file.clone(),
                     line: Some(d.line),
-                    message: format!("invalid AgentIdentity: {e}"),
+                    message: format!("invalid AgentIdentity: {}", super::workload::redact(&e.to_string())),
                 }),
             }
         }

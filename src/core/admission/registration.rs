@@ -39,6 +39,8 @@ pub struct Registration {
     pub operator_user: Option<String>,
     /// Extra label every judged namespace must carry (to run several installs, or tests, side by side).
     pub scope: Option<(String, String)>,
+    /// Judge only this namespace (a namespace-scoped install).
+    pub only_namespace: Option<String>,
     pub timeout_seconds: i32,
 }
 
@@ -81,6 +83,14 @@ fn client_config(reg: &Registration, path: String) -> WebhookClientConfig {
     }
 }
 
+fn only_namespace(reg: &Registration) -> Option<LabelSelectorRequirement> {
+    reg.only_namespace.as_ref().map(|ns| LabelSelectorRequirement {
+        key: "kubernetes.io/metadata.name".to_string(),
+        operator: "In".to_string(),
+        values: Some(vec![ns.clone()]),
+    })
+}
+
 fn operator_condition(reg: &Registration) -> Option<MatchCondition> {
     reg.operator_user.as_ref().map(|user| MatchCondition {
         name: "not-agentid-itself".into(),
@@ -99,7 +109,7 @@ fn toolgrant_webhook(reg: &Registration) -> ValidatingWebhook {
         match_policy: Some("Equivalent".into()),
         namespace_selector: Some(LabelSelector {
             match_labels: reg.scope.as_ref().map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())])),
-            match_expressions: None,
+            match_expressions: Some(only_namespace(reg).into_iter().collect()),
         }),
         object_selector: None,
         match_conditions: operator_condition(reg).map(|c| vec![c]),
@@ -122,20 +132,22 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
             let client_config = client_config(reg, path(mode));
             let mut excluded: Vec<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
             excluded.push(reg.operator_namespace.clone());
+            let mut expressions = vec![
+                LabelSelectorRequirement {
+                    key: ENFORCEMENT_LABEL.to_string(),
+                    operator: "In".to_string(),
+                    values: Some(vec![mode.as_str().to_string()]),
+                },
+                LabelSelectorRequirement {
+                    key: "kubernetes.io/metadata.name".to_string(),
+                    operator: "NotIn".to_string(),
+                    values: Some(excluded),
+                },
+            ];
+            expressions.extend(only_namespace(reg));
             let namespace_selector = LabelSelector {
                 match_labels: reg.scope.as_ref().map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())])),
-                match_expressions: Some(vec![
-                    LabelSelectorRequirement {
-                        key: ENFORCEMENT_LABEL.to_string(),
-                        operator: "In".to_string(),
-                        values: Some(vec![mode.as_str().to_string()]),
-                    },
-                    LabelSelectorRequirement {
-                        key: "kubernetes.io/metadata.name".to_string(),
-                        operator: "NotIn".to_string(),
-                        values: Some(excluded),
-                    },
-                ]),
+                match_expressions: Some(expressions),
             };
             let mut match_conditions = vec![MatchCondition {
                 name: "not-a-delete".into(),
@@ -187,6 +199,7 @@ mod tests {
             operator_namespace: "agentid-system".into(),
             operator_user: Some("system:serviceaccount:agentid-system:agentid".into()),
             scope: None,
+            only_namespace: None,
             timeout_seconds: 5,
         }
     }

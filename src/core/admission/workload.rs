@@ -54,6 +54,31 @@ fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, k| v.get(k))
 }
 
+/// Decoding errors quote the offending value (`invalid type: string "..."`), which may be a
+/// credential: keep the message, drop every quoted value.
+pub fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    if quoted {
+        out.push('"');
+    }
+    out
+}
+
 /// Extracts the workload from an object (as JSON). `Ok(None)` for kinds that
 /// carry no pod spec, which admission always allows.
 pub fn from_object(obj: &Value) -> Result<Option<Workload>, WorkloadError> {
@@ -74,7 +99,7 @@ pub fn from_object(obj: &Value) -> Result<Option<Workload>, WorkloadError> {
         reason,
     };
     let pod = match at(obj, spec_path) {
-        Some(spec) => PodSpec::deserialize(spec).map_err(|e| invalid(e.to_string()))?,
+        Some(spec) => PodSpec::deserialize(spec).map_err(|e| invalid(redact(&e.to_string())))?,
         None => return Err(invalid("missing".into())),
     };
     let labels_path = match *kind {
@@ -167,6 +192,18 @@ mod tests {
         assert_eq!(from_object(&json!({"apiVersion": "v1"})), Err(WorkloadError::MissingKind));
         let bad_labels = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": 1}}, "spec": {"containers": []}});
         assert!(from_object(&bad_labels).is_err());
+    }
+
+    #[test]
+    fn decoding_errors_never_quote_values() {
+        let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "args": "ghp_notarealtokenbutlooksone"}]}});
+        let err = from_object(&bad).unwrap_err().to_string();
+        assert!(!err.contains("ghp_"), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+        assert_eq!(
+            redact(r#"invalid type: string "s3cr3t", expected a sequence"#),
+            r#"invalid type: string "…", expected a sequence"#
+        );
     }
 
     #[test]
