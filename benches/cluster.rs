@@ -101,15 +101,19 @@ async fn run() -> Res<()> {
     let run_id = format!("{:06x}", Timestamp::now().as_second() & 0xff_ffff);
     let started = Instant::now();
 
+    // A private copy of the operator binary: other builds in the same target/ cannot swap it mid-run.
+    let bin = cluster_dir.join("agentid");
+    std::fs::copy(env!("CARGO_BIN_EXE_agentid"), &bin).map_err(|e| format!("copy the operator binary: {e}"))?;
+
     println!("# agentid cluster benchmarks\n");
-    println!("- operator binary: `{}`", env!("CARGO_BIN_EXE_agentid"));
+    println!("- operator binary: `{}` (run from a copy, `{}`)", env!("CARGO_BIN_EXE_agentid"), bin.display());
     println!("- apiserver: `{}`", client_server());
     println!("- CPUs: {}, load average at start: {}", cpus(), loadavg());
     println!("- every request goes to 127.0.0.1; each section gives up after {} s\n", SECTION_TIMEOUT.as_secs());
 
     // Operator A watches the converge namespace (sections 1 and 2).
     let ns_a = namespace(&client, &format!("bench-conv-{run_id}"), &[]).await?;
-    let op = Operator::spawn(&cluster_dir, &ns_a)?;
+    let op = Operator::spawn(&cluster_dir, &bin, &ns_a, &ns_a)?;
     op.wait_ready(Duration::from_secs(60)).await?;
     println!("operator A: pid {}, namespace `{ns_a}`, log `{}`\n", op.pid, op.log.display());
     tokio::time::sleep(SETTLE).await;
@@ -128,11 +132,17 @@ async fn run() -> Res<()> {
     print_rss(rss_idle, rss_1k, rss_10k, &more, &metrics_10k);
     drop(op);
 
-    // Operator B watches a fresh namespace (sections 3 to 5).
+    // Operator B watches a fresh namespace (sections 3 to 5). Its own namespace is separate: a
+    // namespace-scoped webhook judges only the watched namespace and never the operator's own.
     let ns_b = namespace(&client, &format!("bench-tok-{run_id}"), &[]).await?;
-    let op = Operator::spawn(&cluster_dir, &ns_b)?;
+    let op_ns_b = namespace(&client, &format!("bench-op-{run_id}"), &[]).await?;
+    let op = Operator::spawn(&cluster_dir, &bin, &op_ns_b, &ns_b)?;
     op.wait_ready(Duration::from_secs(60)).await?;
-    println!("operator B: pid {}, namespace `{ns_b}`, log `{}`\n", op.pid, op.log.display());
+    println!(
+        "operator B: pid {}, watches `{ns_b}`, operator namespace `{op_ns_b}`, log `{}`\n",
+        op.pid,
+        op.log.display()
+    );
 
     let tokens = match token_latency(&client, &op, &ns_b).await {
         Ok(t) => {
@@ -153,11 +163,7 @@ async fn run() -> Res<()> {
         Err(e) => println!("## 5. Pod admission overhead\n\nFAILED: {e}\n"),
     }
     let (rss_b, hwm_b) = op.memory();
-    println!(
-        "operator B at the end: VmRSS {} MiB, VmHWM {} MiB (its webhook caches every AgentIdentity in the cluster, incl. the 10k of section 2)\n",
-        mib(rss_b),
-        mib(hwm_b)
-    );
+    println!("operator B at the end: VmRSS {} MiB, VmHWM {} MiB\n", mib(rss_b), mib(hwm_b));
     drop(op);
     println!("load average at the end: {}; bench runtime {:.1} s", loadavg(), started.elapsed().as_secs_f64());
     Ok(())
@@ -215,35 +221,41 @@ struct Operator {
     child: Option<Child>,
     pid: u32,
     probe: u16,
-    webhook: u16,
+    /// Port of the task-token broker.
+    broker: u16,
+    /// The watched namespace.
     ns: String,
+    /// The operator's own namespace (its certificate Secret lives here).
+    operator_ns: String,
     webhook_configuration: String,
     log: PathBuf,
     pid_file: PathBuf,
 }
 
 impl Operator {
-    fn spawn(cluster_dir: &Path, ns: &str) -> Res<Operator> {
+    fn spawn(cluster_dir: &Path, bin: &Path, operator_ns: &str, ns: &str) -> Res<Operator> {
         let probe = free_port()?;
         let webhook = free_port()?;
+        let broker = free_port()?;
         let name = format!("agentid-bench-{ns}");
         let logs = cluster_dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
         let log = logs.join(format!("{name}.log"));
         let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_agentid"))
-            .args(["run", "--operator-namespace", ns, "--watch-namespace", ns])
+        let child = Command::new(bin)
+            .args(["run", "--operator-namespace", operator_ns, "--watch-namespace", ns])
             .args(["--probe-addr", &format!("127.0.0.1:{probe}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
+            .args(["--broker-addr", &format!("127.0.0.1:{broker}")])
             .args(["--webhook-configuration", &name])
             .args(["--webhook-scope", &format!("agentid.dev/bench={ns}")])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_agentid")))?;
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let pid = child.id();
         // `e2e/cluster.sh down` stops this pid too, should this program die without unwinding.
         let pid_file = cluster_dir.join("pids").join("agentid");
@@ -253,8 +265,9 @@ impl Operator {
             child: Some(child),
             pid,
             probe,
-            webhook,
+            broker,
             ns: ns.to_string(),
+            operator_ns: operator_ns.to_string(),
             webhook_configuration: name,
             log,
             pid_file,
@@ -300,7 +313,7 @@ impl Operator {
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.webhook))
+        SocketAddr::from(([127, 0, 0, 1], self.broker))
     }
 }
 
@@ -804,8 +817,10 @@ async fn token_latency(client: &Client, op: &Operator, ns: &str) -> Res<Tokens> 
     wait_ready_agent(&agents, "bot", Duration::from_secs(60)).await?;
     let caller = caller_token(client, ns, "agent-bot").await?;
     let secret = format!("{}-webhook-tls", op.webhook_configuration);
-    let tls: Secret =
-        Api::namespaced(client.clone(), &op.ns).get(&secret).await.map_err(|e| format!("secret {secret}: {e}"))?;
+    let tls: Secret = Api::namespaced(client.clone(), &op.operator_ns)
+        .get(&secret)
+        .await
+        .map_err(|e| format!("secret {secret}: {e}"))?;
     let ca = tls
         .data
         .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
@@ -1055,15 +1070,16 @@ struct Admission {
     timed_out: bool,
 }
 
-async fn admission(client: &Client, op_ns: &str, run_id: &str) -> Res<Admission> {
+async fn admission(client: &Client, watched_ns: &str, run_id: &str) -> Res<Admission> {
     let free_ns = namespace(client, &format!("bench-free-{run_id}"), &[]).await?;
-    let judged_ns = namespace(
-        client,
-        &format!("bench-judged-{run_id}"),
-        &[("agentid.dev/enforcement", "enforce"), ("agentid.dev/bench", op_ns)],
-    )
-    .await?;
-    // The webhook knows agents from its cluster-wide cache; the agent needs no reconcile to be known.
+    // The judged namespace is the operator's watched one (the webhook judges only that one), labeled now.
+    let judged_ns = watched_ns.to_string();
+    let labels =
+        json!({"metadata": {"labels": {"agentid.dev/enforcement": "enforce", "agentid.dev/bench": watched_ns}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&judged_ns, &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .map_err(|e| format!("label {judged_ns}: {e}"))?;
     create(&Api::<AgentIdentity>::namespaced(client.clone(), &judged_ns), &agent_obj("triage")).await?;
     let mut a = Admission {
         free: Vec::new(),
@@ -1155,6 +1171,14 @@ fn print_admission(a: &Admission, metrics: &str) {
     }
     let sum = metric_value(metrics, "agentid_admission_duration_seconds_sum{mode=\"enforce\"}");
     let count = metric_value(metrics, "agentid_admission_duration_seconds_count{mode=\"enforce\"}");
+    let judged = count.unwrap_or(0.0) as usize;
+    if judged < a.judged.len() {
+        let _ = writeln!(
+            out,
+            "\nWARNING: the operator judged only {judged} Pods in enforce mode, fewer than the {} timed creates: the judged row is not (fully) judged",
+            a.judged.len()
+        );
+    }
     if let (Some(sum), Some(count)) = (sum, count)
         && count > 0.0
     {

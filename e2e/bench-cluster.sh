@@ -19,6 +19,7 @@ for b in etcd kube-apiserver kubectl; do
   fi
 done
 
+echo "== source: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
 echo "== building the release binary"
 cargo build --release --locked
 

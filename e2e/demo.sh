@@ -24,11 +24,13 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 probe_port=$(free_port)
 webhook_port=$(free_port)
+broker_port=$(free_port)
 kubectl create namespace agentid-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # No Service routes to a process on this machine: the webhook is registered by URL.
 setsid target/release/agentid run --operator-namespace agentid-system \
   --probe-addr "127.0.0.1:$probe_port" \
   --webhook-addr "127.0.0.1:$webhook_port" --webhook-url "https://127.0.0.1:$webhook_port" \
+  --broker-addr "127.0.0.1:$broker_port" \
   >"$dir/logs/agentid.log" 2>&1 </dev/null &
 echo $! > "$dir/pids/agentid"
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$probe_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

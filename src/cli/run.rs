@@ -47,12 +47,20 @@ pub struct RunArgs {
     #[arg(long, env = "AGENTID_NO_LEADER_ELECT")]
     pub no_leader_elect: bool,
 
+    /// Turn ToolGrants into RBAC even though this instance does not serve and register the ToolGrant
+    /// escalation check (only when another instance or policy checks every ToolGrant's author).
+    #[arg(long, env = "AGENTID_ALLOW_UNCHECKED_GRANTS")]
+    pub allow_unchecked_grants: bool,
+
     /// Do not serve the admission webhook.
     #[arg(long, env = "AGENTID_NO_WEBHOOK")]
     pub no_webhook: bool,
     /// Address of the HTTPS admission endpoint.
     #[arg(long, env = "AGENTID_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: SocketAddr,
+    /// Address of the HTTPS task-token broker (agents reach this port only).
+    #[arg(long, env = "AGENTID_BROKER_ADDR", default_value = "0.0.0.0:8444")]
+    pub broker_addr: SocketAddr,
     /// Base URL the apiserver calls the webhook at (e.g. https://127.0.0.1:8443 for a local control plane).
     /// Without it the webhook configuration points at the Service `--webhook-service`.
     #[arg(long, env = "AGENTID_WEBHOOK_URL")]
@@ -204,11 +212,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     info!(trust_domain = %ctx.config.trust_domain, "agentid controllers started");
     let controllers = async {
-        tokio::join!(
-            controller::identity::run(ctx.clone()),
-            controller::toolgrant::run(ctx.clone()),
-            controller::task::run(ctx)
-        );
+        let grants_checked = !args.no_webhook && !args.no_webhook_registration;
+        if grants_checked || args.allow_unchecked_grants {
+            tokio::join!(
+                controller::identity::run(ctx.clone()),
+                controller::toolgrant::run(ctx.clone()),
+                controller::task::run(ctx)
+            );
+        } else {
+            warn!(
+                "ToolGrants are not turned into RBAC: this instance does not serve the ToolGrant escalation check \
+                 (--no-webhook / --no-webhook-registration). Pass --allow-unchecked-grants if something else checks them."
+            );
+            tokio::join!(controller::identity::run(ctx.clone()), controller::task::run(ctx));
+        }
     };
     let leadership_lost = async {
         match lost.as_mut() {
@@ -236,7 +253,7 @@ pub async fn start_webhook(
     client: Client,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
-) -> Result<SocketAddr> {
+) -> Result<webhook::Listening> {
     // Admission judges workloads in every watched namespace, so it caches their AgentIdentities.
     let agents_api: Api<AgentIdentity> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -288,6 +305,7 @@ pub async fn start_webhook(
     let self_check_name = "localhost".to_string();
     let cfg = ServeConfig {
         addr: args.webhook_addr,
+        broker: None,
         certs: args.cert_source(),
         registration: args.registration()?,
         self_check_name,
@@ -298,6 +316,6 @@ pub async fn start_webhook(
         audience: args.token_audience.clone(),
         metrics: state.metrics.clone(),
     });
-    let app = webhook::router(state).merge(webhook::tokens::router(broker));
-    webhook::serve(client, app, cfg, ready).await
+    let cfg = ServeConfig { broker: Some((args.broker_addr, webhook::tokens::router(broker))), ..cfg };
+    webhook::serve(client, webhook::router(state), cfg, ready).await
 }

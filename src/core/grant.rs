@@ -26,6 +26,7 @@ pub mod reason {
     pub const NOT_YET_VALID: &str = "NotYetValid";
     pub const EXPIRED: &str = "Expired";
     pub const RBAC_CONFLICT: &str = "RBACConflict";
+    pub const RULES_REFUSED: &str = "RulesRefused";
     pub const GRANT_ACTIVATED: &str = "GrantActivated";
     pub const GRANT_EXPIRED: &str = "GrantExpired";
     pub const GRANT_REVOKED: &str = "GrantRevoked";
@@ -102,6 +103,11 @@ pub fn phase(
 
     if let Some(until) = valid_until.filter(|until| now >= *until) {
         return (GrantPhase::Expired, reason::EXPIRED, format!("the grant expired at {until}"), None);
+    }
+    // Defense in depth: rules admission would refuse are never turned into RBAC, even for a grant
+    // that reached the cluster without passing admission (webhook down, created before install).
+    if let Err(refusal) = crate::core::admission::grants::access_checks(grant, namespace) {
+        return (GrantPhase::Pending, reason::RULES_REFUSED, refusal.to_string(), boundary);
     }
     let Some(agent) = agent else {
         let message = format!("AgentIdentity {agent_name} does not exist in namespace {namespace}");
@@ -291,6 +297,23 @@ pub fn plan(
         observed_generation: generation,
     };
     Ok(GrantPlan { phase: current, rbac_name, rbac, status, next_boundary, requeue_after: requeue, events })
+}
+
+#[cfg(test)]
+mod refused_rules_tests {
+    use super::*;
+
+    #[test]
+    fn rules_admission_refuses_never_become_rbac() {
+        let g: ToolGrant = serde_norway::from_str(
+            "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: g, namespace: agents}\nspec:\n  agentRef: {name: a}\n  kubernetesRules: [{apiGroups: [agentid.dev], resources: [agentidentities], verbs: [patch]}]\n",
+        )
+        .unwrap();
+        let now = Timestamp::from_second(1_900_000_000).unwrap();
+        let (phase, reason, message, _) = phase(&g, None, now);
+        assert_eq!((phase, reason), (GrantPhase::Pending, reason::RULES_REFUSED));
+        assert!(message.contains("kill switch"), "{message}");
+    }
 }
 
 #[cfg(test)]

@@ -252,6 +252,9 @@ impl AgentDirectory for StoreDirectory {
 /// How the HTTPS endpoint is served and registered.
 pub struct ServeConfig {
     pub addr: SocketAddr,
+    /// A second TLS listener with its own routes (the task-token broker), kept apart so that network
+    /// policy can let agents reach the broker without reaching the admission endpoints.
+    pub broker: Option<(SocketAddr, Router)>,
     pub certs: CertSource,
     /// Registration of the ValidatingWebhookConfiguration; `None` leaves it to someone else.
     pub registration: Option<Registration>,
@@ -273,7 +276,14 @@ pub async fn register(client: &Client, reg: &Registration) -> Result<()> {
 /// Serves the router over TLS until the process ends: loads the certificate,
 /// starts listening, proves TLS works (then marks the webhook ready), registers
 /// the webhook, and reloads renewed certificates without a restart.
-pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc<Readiness>) -> Result<SocketAddr> {
+/// Where the servers listen.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub webhook: SocketAddr,
+    pub broker: Option<SocketAddr>,
+}
+
+pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc<Readiness>) -> Result<Listening> {
     let material = cfg.certs.load(&client).await?;
     let rustls = RustlsConfig::from_pem(material.cert_pem.clone(), material.key_pem.clone())
         .await
@@ -286,6 +296,18 @@ pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc
             error!(error = %e, "webhook server stopped");
         }
     });
+    let mut broker_addr = None;
+    if let Some((broker_bind, broker_app)) = cfg.broker.take() {
+        let listener = std::net::TcpListener::bind(broker_bind)?;
+        broker_addr = Some(listener.local_addr()?);
+        let server = axum_server::from_tcp_rustls(listener, rustls.clone())?;
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(broker_app.into_make_service()).await {
+                error!(error = %e, "token broker stopped");
+            }
+        });
+        info!(addr = ?broker_addr, "serving the task-token broker over TLS");
+    }
     info!(%addr, "serving admission webhook over TLS");
 
     if let Some(ca) = &material.ca_pem {
@@ -311,7 +333,7 @@ pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc
     ready.webhook.store(true, Ordering::Release);
 
     tokio::spawn(reload_loop(client, cfg, rustls, material));
-    Ok(addr)
+    Ok(Listening { webhook: addr, broker: broker_addr })
 }
 
 async fn reload_loop(client: Client, mut cfg: ServeConfig, rustls: RustlsConfig, mut current: TlsMaterial) {

@@ -142,6 +142,7 @@ pub struct Webhook {
     pub scope: String,
     pub metrics: Arc<Metrics>,
     pub operator_ns: String,
+    /// The task-token broker's address.
     pub addr: std::net::SocketAddr,
 }
 
@@ -158,8 +159,10 @@ impl Webhook {
             operator_namespace: operator_ns.clone(),
             service_account: "agentid".into(),
             no_leader_elect: true,
+            allow_unchecked_grants: false,
             no_webhook: false,
             webhook_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            broker_addr: "127.0.0.1:0".parse().unwrap(),
             webhook_url: Some(format!("https://127.0.0.1:{port}")),
             webhook_service: "agentid".into(),
             webhook_configuration: name.clone(),
@@ -173,7 +176,9 @@ impl Webhook {
         };
         let metrics = Arc::new(Metrics::default());
         let ready = Arc::new(Readiness::default());
-        let addr = start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await.expect("webhook starts");
+        let listening =
+            start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await.expect("webhook starts");
+        let addr = listening.broker.expect("the broker listens");
         assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
         let w = Webhook { client: client.clone(), name, scope: scope.to_string(), metrics, operator_ns, addr };
         w.label(&w.operator_ns.clone(), Some("enforce")).await;

@@ -48,12 +48,39 @@ pub enum GrantRefusal {
     IncompleteRule(usize),
     #[error("spec.kubernetesRules expand to more than {MAX_CHECKS} permissions; split the grant")]
     TooBroad,
+    #[error("spec.kubernetesRules[{0}] would let the agent {1}; ToolGrants never grant that, whoever creates them")]
+    SelfEscalation(usize, &'static str),
 }
 
 /// The ServiceAccount `(namespace, name)` a username denotes, if any.
 pub fn service_account_of(user: &UserInfo) -> Option<(&str, &str)> {
     let rest = user.username.strip_prefix("system:serviceaccount:")?;
     rest.split_once(':')
+}
+
+/// What a rule would let an agent do to its own identity or permissions, if anything. Such rules are
+/// refused outright: an agent must never be able to lift its kill switch, edit its grants, mint
+/// tokens or write RBAC, even when the grant's author could.
+fn self_escalation(groups: &[String], resources: &[String], verbs: &[String]) -> Option<&'static str> {
+    let any = |list: &[String], f: &dyn Fn(&str) -> bool| list.iter().any(|x| f(x));
+    if any(groups, &|g| g == "*") {
+        return Some("reach every API group (apiGroups: [\"*\"]), agentid's own included");
+    }
+    if any(groups, &|g| g == crate::api::GROUP) {
+        return Some("change AgentIdentities, ToolGrants or AgentTasks (its own kill switch and grants)");
+    }
+    if any(verbs, &|v| matches!(v, "bind" | "escalate" | "impersonate")) {
+        return Some("bind, escalate or impersonate");
+    }
+    if any(groups, &|g| g == "rbac.authorization.k8s.io") && any(verbs, &|v| !matches!(v, "get" | "list" | "watch")) {
+        return Some("write RBAC");
+    }
+    if any(groups, &|g| g.is_empty())
+        && any(resources, &|r| matches!(r, "*" | "serviceaccounts/token" | "serviceaccounts/*"))
+    {
+        return Some("mint ServiceAccount tokens");
+    }
+    None
 }
 
 /// The permissions the requester must hold for `grant` in `namespace`.
@@ -67,6 +94,9 @@ pub fn access_checks(grant: &ToolGrant, namespace: &str) -> Result<Vec<AccessChe
         let resources = rule.resources.clone().unwrap_or_default();
         if groups.is_empty() || resources.is_empty() || rule.verbs.is_empty() {
             return Err(GrantRefusal::IncompleteRule(i));
+        }
+        if let Some(what) = self_escalation(&groups, &resources, &rule.verbs) {
+            return Err(GrantRefusal::SelfEscalation(i, what));
         }
         let names: Vec<Option<String>> = match rule.resource_names.as_deref() {
             Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
@@ -159,6 +189,32 @@ mod tests {
         );
         let wide = "[{apiGroups: [a,b,c,d,e,f,g,h], resources: [a,b,c,d,e,f,g,h], verbs: [a,b,c,d,e,f,g,h,i]}]";
         assert_eq!(access_checks(&grant(wide), "agents"), Err(GrantRefusal::TooBroad));
+    }
+
+    #[test]
+    fn rules_an_agent_could_turn_on_itself_are_refused() {
+        for rules in [
+            "[{apiGroups: ['*'], resources: [pods], verbs: [get]}]",
+            "[{apiGroups: [agentid.dev], resources: [agentidentities], verbs: [patch]}]",
+            "[{apiGroups: [''], resources: [serviceaccounts/token], verbs: [create]}]",
+            "[{apiGroups: [''], resources: ['*'], verbs: [get]}]",
+            "[{apiGroups: [rbac.authorization.k8s.io], resources: [rolebindings], verbs: [create]}]",
+            "[{apiGroups: [rbac.authorization.k8s.io], resources: [roles], verbs: [bind]}]",
+            "[{apiGroups: [''], resources: [users], verbs: [impersonate]}]",
+        ] {
+            assert!(
+                matches!(access_checks(&grant(rules), "agents"), Err(GrantRefusal::SelfEscalation(0, _))),
+                "{rules}"
+            );
+        }
+        // Reading RBAC is fine.
+        assert!(
+            access_checks(
+                &grant("[{apiGroups: [rbac.authorization.k8s.io], resources: [roles], verbs: [get]}]"),
+                "agents"
+            )
+            .is_ok()
+        );
     }
 
     #[test]
