@@ -243,3 +243,54 @@ async fn toolgrants_cannot_escalate_beyond_their_author() {
     assert!(err.contains("agent-bot"), "{err}");
     hook.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_as_an_agent_needs_use_on_its_identity() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let env = env("agentuse").await;
+    let hook = Webhook::start(&env.client, &env.ns).await;
+    hook.label(&env.ns, Some("enforce")).await;
+    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
+    let agent: AgentIdentity = from_yaml(
+        "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: triage}\nspec: {owner: team, audiences: [https://tools.example.com]}",
+    );
+    agents.create(&PostParams::default(), &agent).await.unwrap();
+
+    // dev may create pods here, but may not (yet) run the triage agent.
+    let roles: Api<Role> = Api::namespaced(env.client.clone(), &env.ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(env.client.clone(), &env.ns);
+    roles
+        .create(
+            &PostParams::default(),
+            &from_yaml("metadata: {name: deployer}\nrules: [{apiGroups: [''], resources: [pods], verbs: [create]}]"),
+        )
+        .await
+        .unwrap();
+    bindings
+        .create(&PostParams::default(), &from_yaml("metadata: {name: deployer}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: deployer}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: dev}]"))
+        .await
+        .unwrap();
+    let dev_pods: Api<Pod> = Api::namespaced(client_as("dev").await, &env.ns);
+    let pod: Pod = from_yaml(&good_agent_pod(&env.ns));
+    let msg = wait_until(std::time::Duration::from_secs(20), "agent known to the webhook", || async {
+        match dev_pods.create(&PostParams::default(), &pod).await {
+            Err(kube::Error::Api(s)) if s.message.contains("agent-use-denied") => Some(s.message),
+            Err(kube::Error::Api(s)) if s.message.contains("unknown-agent") => None,
+            other => panic!("unexpected: {other:?}"),
+        }
+    })
+    .await;
+    assert!(msg.contains("but dev may not run it") && msg.contains("`use` on agentidentities/triage"), "{msg}");
+
+    // The agent's owner lets dev use exactly this agent.
+    roles
+        .create(&PostParams::default(), &from_yaml("metadata: {name: use-triage}\nrules: [{apiGroups: [agentid.dev], resources: [agentidentities], resourceNames: [triage], verbs: [use]}]"))
+        .await
+        .unwrap();
+    bindings
+        .create(&PostParams::default(), &from_yaml("metadata: {name: use-triage}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: use-triage}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: dev}]"))
+        .await
+        .unwrap();
+    dev_pods.create(&PostParams::default(), &pod).await.expect("dev may now run the triage agent");
+    hook.stop().await;
+}

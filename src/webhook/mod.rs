@@ -113,9 +113,21 @@ async fn validate_workloads(Path(mode): Path<String>, State(s): State<Arc<Webhoo
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
+    // Running as an agent needs `use` on it: one SubjectAccessReview, only for agent workloads.
+    let use_denied = match review::agent_use_check(&req, s.agents.as_ref()) {
+        None => None,
+        Some(check) => match s.reviewer.allowed(&req.user_info, &check.attributes()).await {
+            Ok(true) => None,
+            Ok(false) => Some(check.agent),
+            Err(e) => {
+                warn!(error = %e, "SubjectAccessReview for agent use failed; treating as not permitted");
+                Some(check.agent)
+            }
+        },
+    };
     let judgement = {
         let exceptions = s.exceptions.read().unwrap_or_else(|p| p.into_inner());
-        review::judge(&req, mode, s.agents.as_ref(), &exceptions, Timestamp::now())
+        review::judge_with(&req, mode, s.agents.as_ref(), &exceptions, Timestamp::now(), use_denied.as_deref())
     };
     record(&s.metrics, mode, &req.user_info.username, &judgement, started.elapsed());
     axum::Json(review::respond(judgement.response)).into_response()

@@ -2,12 +2,15 @@
 //! that turns one into the other. The webhook's HTTP handler only parses,
 //! calls [`judge`], records and serializes.
 
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use crate::api::AGENT_LABEL;
 use serde_json::Value;
 
 use super::exceptions::{ExceptionSet, ExceptionUse};
-use super::rules::{AgentDirectory, Violation, evaluate, new_violations};
+use super::rules::{AGENT_USE_VERB, AgentDirectory, Violation, agent_use_denied, evaluate, new_violations};
 use super::verdict::{Enforcement, Verdict, decide};
 use super::workload::{Workload, from_object};
 
@@ -133,6 +136,57 @@ fn allow(uid: &str) -> AdmissionResponse {
     AdmissionResponse { uid: uid.to_string(), allowed: true, status: None, warnings: Vec::new() }
 }
 
+/// Whether `user` is one of the cluster's own controllers (ReplicaSet, Job, CronJob, StatefulSet,
+/// DaemonSet), which create pods from templates whose author was already checked.
+pub fn is_system_controller(user: &str) -> bool {
+    user == "system:kube-controller-manager" || user.starts_with("system:serviceaccount:kube-system:")
+}
+
+/// The `use` permission a request needs: who must be allowed to run which agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentUseCheck {
+    pub namespace: String,
+    pub agent: String,
+}
+
+impl AgentUseCheck {
+    pub fn attributes(&self) -> ResourceAttributes {
+        ResourceAttributes {
+            namespace: Some(self.namespace.clone()),
+            group: Some(crate::api::GROUP.to_string()),
+            resource: Some("agentidentities".to_string()),
+            verb: Some(AGENT_USE_VERB.to_string()),
+            name: Some(self.agent.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Running a workload as an agent hands it the agent's grants and task tokens, so the requester must
+/// be allowed to `use` that AgentIdentity (like RBAC's `bind` for roles). Checked on CREATE, and on
+/// UPDATE when the agent label or the pod spec changes (whoever changes an agent's code acts as it).
+/// Not for the cluster's own controllers, nor for agents that do not exist or are suspended
+/// (`unknown-agent` refuses those already).
+pub fn agent_use_check(req: &AdmissionRequest, agents: &dyn AgentDirectory) -> Option<AgentUseCheck> {
+    if !matches!(req.operation.as_str(), "CREATE" | "UPDATE") || is_system_controller(&req.user_info.username) {
+        return None;
+    }
+    let mut w = from_object(req.object.as_ref()?).ok()??;
+    let namespace = w.namespace.take().or_else(|| req.namespace.clone())?;
+    let agent = w.labels.get(AGENT_LABEL)?.clone();
+    if agents.agent(&namespace, &agent).is_none_or(|a| a.suspended) {
+        return None;
+    }
+    if req.operation == "UPDATE"
+        && let Some(Ok(Some(old))) = req.old_object.as_ref().map(from_object)
+        && old.labels.get(AGENT_LABEL) == Some(&agent)
+        && old.pod == w.pod
+    {
+        return None;
+    }
+    Some(AgentUseCheck { namespace, agent })
+}
+
 /// Decides one admission request under `mode`.
 ///
 /// - Objects that carry no pod spec (any other kind) are allowed.
@@ -146,6 +200,18 @@ pub fn judge(
     agents: &dyn AgentDirectory,
     exceptions: &ExceptionSet,
     now: Timestamp,
+) -> Judgement {
+    judge_with(req, mode, agents, exceptions, now, None)
+}
+
+/// [`judge`], given the outcome of [`agent_use_check`]: `Some(agent)` when the requester may not run it.
+pub fn judge_with(
+    req: &AdmissionRequest,
+    mode: Enforcement,
+    agents: &dyn AgentDirectory,
+    exceptions: &ExceptionSet,
+    now: Timestamp,
+    use_denied: Option<&str>,
 ) -> Judgement {
     let plain_allow = |verdict| Judgement {
         response: allow(&req.uid),
@@ -194,6 +260,9 @@ pub fn judge(
         old.namespace = workload.namespace.clone();
         old.name = workload.name.clone();
         violations = new_violations(violations, &evaluate(&old, agents));
+    }
+    if let Some(agent) = use_denied {
+        violations.push(agent_use_denied(&workload, &req.user_info.username, agent));
     }
     let (violations, exceptions_used) = exceptions.apply(&workload, violations, now);
     let verdict = decide(mode, violations.len());
@@ -322,6 +391,58 @@ mod tests {
         let j = run(&review("UPDATE", new, Some(old)), Enforcement::Enforce);
         assert!(!j.response.allowed);
         assert_eq!(j.violations.len(), 1);
+    }
+
+    fn agent_pod_review(user: &str, operation: &str, old_image: Option<&str>) -> AdmissionRequest {
+        let pod = |image: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "agents", "labels": {"agentid.dev/agent": "bot"}},
+            "spec": {"serviceAccountName": "agent-bot", "automountServiceAccountToken": false, "containers": [{"name": "c", "image": image}]}})
+        };
+        let body = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "namespace": "agents", "operation": operation, "userInfo": {"username": user},
+                "object": pod("new"), "oldObject": old_image.map(pod)}}))
+        .unwrap();
+        parse(&body).unwrap()
+    }
+
+    fn bot_directory() -> StaticDirectory {
+        let a: crate::api::AgentIdentity = serde_norway::from_str(
+            "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: bot, namespace: agents}\nspec: {owner: t, audiences: [x]}",
+        )
+        .unwrap();
+        StaticDirectory::new([a].iter(), "default")
+    }
+
+    #[test]
+    fn running_as_an_agent_needs_use_on_it() {
+        let dir = bot_directory();
+        let check = agent_use_check(&agent_pod_review("dev", "CREATE", None), &dir).unwrap();
+        assert_eq!(check, AgentUseCheck { namespace: "agents".into(), agent: "bot".into() });
+        let attrs = check.attributes();
+        assert_eq!(
+            (attrs.verb.as_deref(), attrs.resource.as_deref(), attrs.name.as_deref()),
+            (Some("use"), Some("agentidentities"), Some("bot"))
+        );
+        // The cluster's controllers create pods from templates already checked.
+        assert_eq!(
+            agent_use_check(
+                &agent_pod_review("system:serviceaccount:kube-system:replicaset-controller", "CREATE", None),
+                &dir
+            ),
+            None
+        );
+        // Updates that change nothing of the agent's pod need no check; changing its code does.
+        assert_eq!(agent_use_check(&agent_pod_review("dev", "UPDATE", Some("new")), &dir), None);
+        assert!(agent_use_check(&agent_pod_review("dev", "UPDATE", Some("old")), &dir).is_some());
+        // Unknown agents are refused by unknown-agent instead.
+        assert_eq!(agent_use_check(&agent_pod_review("dev", "CREATE", None), &StaticDirectory::default()), None);
+
+        let req = agent_pod_review("dev", "CREATE", None);
+        let j = judge_with(&req, Enforcement::Enforce, &dir, &ExceptionSet::default(), now(), Some("bot"));
+        assert!(!j.response.allowed);
+        let msg = j.response.status.unwrap().message;
+        assert!(msg.contains("[agentid/agent-use-denied] Pod agents/p: metadata.labels[agentid.dev/agent] names agent \"bot\", but dev may not run it"), "{msg}");
+        assert!(judge(&req, Enforcement::Enforce, &dir, &ExceptionSet::default(), now()).response.allowed);
     }
 
     #[test]

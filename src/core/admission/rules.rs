@@ -11,6 +11,7 @@
 //! | `shared-service-account` | both | an agent workload not on its agent's dedicated SA; a non-agent workload on an agent's SA |
 //! | `unknown-agent` | agent workloads | the `agentid.dev/agent` label names no (or a suspended) AgentIdentity |
 //! | `long-lived-token` | agent workloads | no explicit `automountServiceAccountToken: false`; projected tokens without audience or longer than the agent's tokenTTL |
+//! | `agent-use-denied` | agent workloads | the requester may not run that agent (needs `use` on `agentidentities/<name>`; see [`super::review::agent_use_check`]) |
 //!
 //! An agent workload is a pod (template) labeled `agentid.dev/agent=<AgentIdentity name>`.
 
@@ -24,6 +25,9 @@ use super::detectors;
 use super::workload::Workload;
 use crate::api::{AGENT_LABEL, AgentIdentity, MAX_TOKEN_TTL_SECS, duration};
 
+/// The RBAC verb on `agentidentities/<name>` that lets a user run workloads as that agent.
+pub const AGENT_USE_VERB: &str = "use";
+
 /// Stable rule ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(into = "&'static str")]
@@ -36,6 +40,7 @@ pub enum RuleId {
     SharedServiceAccount,
     UnknownAgent,
     LongLivedToken,
+    AgentUseDenied,
 }
 
 impl From<RuleId> for &'static str {
@@ -45,7 +50,7 @@ impl From<RuleId> for &'static str {
 }
 
 impl RuleId {
-    pub const ALL: [RuleId; 8] = [
+    pub const ALL: [RuleId; 9] = [
         RuleId::StaticSecretEnv,
         RuleId::StaticSecretEnvFrom,
         RuleId::StaticSecretVolume,
@@ -54,6 +59,7 @@ impl RuleId {
         RuleId::SharedServiceAccount,
         RuleId::UnknownAgent,
         RuleId::LongLivedToken,
+        RuleId::AgentUseDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +72,7 @@ impl RuleId {
             RuleId::SharedServiceAccount => "shared-service-account",
             RuleId::UnknownAgent => "unknown-agent",
             RuleId::LongLivedToken => "long-lived-token",
+            RuleId::AgentUseDenied => "agent-use-denied",
         }
     }
 
@@ -92,6 +99,7 @@ impl RuleId {
             }
             RuleId::UnknownAgent => "An agent workload must name an existing, active AgentIdentity.",
             RuleId::LongLivedToken => "Agent workloads use only short-lived, audience-bound tokens.",
+            RuleId::AgentUseDenied => "Only those allowed to `use` an AgentIdentity may run workloads as that agent.",
         }
     }
 }
@@ -411,6 +419,24 @@ fn agent_rules(r: &mut Report<'_>, pod: &PodSpec, ns: &str, agent_name: &str, sa
             }
         }
     }
+}
+
+/// The violation for a requester who may not run `agent` (the outcome of the `use` check).
+pub fn agent_use_denied(w: &Workload, user: &str, agent: &str) -> Violation {
+    let ns = w.namespace.as_deref().unwrap_or("default");
+    let mut r = Report {
+        subject: format!("{} {ns}/{}", w.kind, w.name),
+        base: w.spec_path,
+        labels_path: w.labels_path,
+        out: Vec::new(),
+    };
+    let path = format!("{}[{AGENT_LABEL}]", w.labels_path);
+    let what = format!("names agent {agent:?}, but {user} may not run it");
+    let fix = format!(
+        "ask the agent's owner for `use` on agentidentities/{agent} in {ns:?} (verb use, apiGroup agentid.dev), or deploy through someone who has it"
+    );
+    r.add_at(RuleId::AgentUseDenied, &path, &what, &fix);
+    r.out.remove(0)
 }
 
 impl Report<'_> {
