@@ -302,7 +302,16 @@ pub async fn start_webhook(
         Some(_) => Duration::from_secs(10),
         None => Duration::from_secs(60),
     };
-    let self_check_name = "localhost".to_string();
+    // Self-managed certificates name localhost; files (e.g. cert-manager) usually name the Service.
+    let self_check_name = match args.tls_cert_file {
+        Some(_) => format!("{}.{}.svc", args.webhook_service, args.operator_namespace),
+        None => "localhost".to_string(),
+    };
+    if args.tls_cert_file.is_some() && args.ca_bundle_file.is_none() && !args.no_webhook_registration {
+        return Err(Error::Config(
+            "--tls-cert-file needs --ca-bundle-file to register the webhook (or --no-webhook-registration when something else keeps the caBundle)".into(),
+        ));
+    }
     let cfg = ServeConfig {
         addr: args.webhook_addr,
         broker: None,

@@ -10,8 +10,9 @@
 //! exceptions:
 //!   - name: legacy-billing-db          # id used in logs and metrics
 //!     namespace: agents
-//!     kind: Deployment                 # optional: any workload kind when absent
-//!     workload: billing                # exact name, or a prefix glob such as `billing-*`
+//!     workload: billing*               # exact name, or a prefix glob: `billing*` also covers the
+//!                                      # Deployment's ReplicaSets and Pods, which are judged too
+//!     kind: Deployment                 # optional: only this kind (then not its ReplicaSets and Pods)
 //!     rules: [static-secret-env]
 //!     reason: "DB credentials move to a ToolGrant in PAY-1234"
 //!     approvedBy: security@example.com # optional

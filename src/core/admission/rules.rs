@@ -448,11 +448,15 @@ impl Report<'_> {
     }
 }
 
-/// Violations of `new` that `old` did not already have (by rule and path), so an
+/// Violations of `new` that `old` did not already have (same rule, path and finding), so an
 /// UPDATE is judged on what it changes: metadata-only updates of existing pods
 /// (labels, finalizers) are never blocked by rules adopted after they were created.
 pub fn new_violations(new: Vec<Violation>, old: &[Violation]) -> Vec<Violation> {
-    new.into_iter().filter(|v| !old.iter().any(|o| o.rule == v.rule && o.path == v.path)).collect()
+    // The message names what is referenced (Secret, ServiceAccount, agent, detector), so pointing
+    // the same field at something else counts as new.
+    new.into_iter()
+        .filter(|v| !old.iter().any(|o| o.rule == v.rule && o.path == v.path && o.message == v.message))
+        .collect()
 }
 
 #[cfg(test)]
@@ -822,7 +826,13 @@ containers:
             "{app: web}",
             "containers: [{name: app, image: x, env: [{name: K, valueFrom: {secretKeyRef: {name: s, key: k}}}]}]",
         ));
-        let new = new_violations(after, &before);
+        let new = new_violations(after.clone(), &before);
         assert_eq!(rules_of(&new), vec!["static-secret-env"], "the pre-existing default SA is not re-judged");
+        // Pointing the same field at another Secret is a new violation.
+        let other = eval(&deployment(
+            "{app: web}",
+            "containers: [{name: app, image: x, env: [{name: K, valueFrom: {secretKeyRef: {name: prod-root, key: k}}}]}]",
+        ));
+        assert_eq!(rules_of(&new_violations(other, &after)), vec!["static-secret-env"]);
     }
 }
