@@ -1,17 +1,15 @@
 //! AgentIdentity controller: keeps each agent's dedicated ServiceAccount and status in line.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tracing::{debug, info, instrument, warn};
+use tracing::{info, instrument, warn};
 
 use super::Context;
 use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
@@ -19,7 +17,7 @@ use crate::core::identity::{self, ServiceAccountAction, is_owned_by};
 use crate::error::{Error, Result};
 
 /// Finalizer that lets agentid remove what it created before an AgentIdentity goes.
-pub const FINALIZER: &str = "agentid.dev/cleanup";
+pub use super::FINALIZER;
 const KIND: &str = "AgentIdentity";
 
 /// Runs the controller until the stream ends (shutdown).
@@ -28,36 +26,17 @@ pub async fn run(ctx: Arc<Context>) {
     let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
     let sas: Api<ServiceAccount> = ctx.config.api(client);
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    Controller::new(agents, watcher::Config::default())
-        .owns(sas, owned)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => {
-                    debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled")
-                }
-                Err(e) => debug!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
+    let stream = Controller::new(agents, watcher::Config::default()).owns(sas, owned).shutdown_on_signal().run(
+        reconcile,
+        error_policy,
+        ctx,
+    );
+    super::drain(stream).await;
 }
 
 #[instrument(skip_all, fields(namespace = agent.namespace().unwrap_or_default(), name = agent.name_any()))]
 pub async fn reconcile(agent: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = agent.namespace().ok_or(Error::Plan(identity::PlanError::MissingField("metadata.namespace")))?;
-    let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, agent, |event| async {
-        match event {
-            FinalizerEvent::Apply(a) => apply(a, &ctx).await,
-            FinalizerEvent::Cleanup(a) => cleanup(a, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.reconciled(KIND, started.elapsed().as_secs_f64());
-    res
+    super::reconcile_with_finalizer(&ctx, KIND, agent, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
@@ -96,19 +75,12 @@ async fn cleanup(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
     if let Some(sa) = sa_api.get_opt(&sa_name).await?
         && is_owned_by(&sa.metadata, &uid)
     {
-        {
-            match sa_api.delete(&sa_name, &DeleteParams::default()).await {
-                Ok(_) => info!(service_account = %sa_name, "service account deleted"),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        super::delete_exactly(&sa_api, &sa).await?;
+        info!(service_account = %sa_name, "service account deleted");
     }
     Ok(Action::await_change())
 }
 
 fn error_policy(agent: Arc<AgentIdentity>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(namespace = ?agent.namespace(), name = %agent.name_any(), error = %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(KIND, error.metric_label());
-    Action::requeue(Duration::from_secs(10))
+    super::on_error(KIND, agent.as_ref(), error, &ctx)
 }

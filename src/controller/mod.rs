@@ -100,3 +100,103 @@ impl Context {
         }
     }
 }
+
+/// Finalizer that lets agentid remove what it created before one of its objects goes.
+pub const FINALIZER: &str = "agentid.dev/cleanup";
+
+/// One reconcile of a namespaced agentid object through the cleanup finalizer, timed and counted.
+pub async fn reconcile_with_finalizer<K, A, FA, C, FC>(
+    ctx: &Context,
+    kind: &str,
+    obj: Arc<K>,
+    apply: A,
+    cleanup: C,
+) -> crate::Result<kube::runtime::controller::Action>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    A: FnOnce(Arc<K>) -> FA,
+    FA: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+    C: FnOnce(Arc<K>) -> FC,
+    FC: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+{
+    use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+    let started = std::time::Instant::now();
+    let ns = obj
+        .meta()
+        .namespace
+        .clone()
+        .ok_or(crate::Error::Plan(crate::core::identity::PlanError::MissingField("metadata.namespace")))?;
+    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    let res = finalizer(&api, FINALIZER, obj, |event| async move {
+        match event {
+            FinalizerEvent::Apply(o) => apply(o).await,
+            FinalizerEvent::Cleanup(o) => cleanup(o).await,
+        }
+    })
+    .await
+    .map_err(|e| crate::Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(kind, started.elapsed().as_secs_f64());
+    res
+}
+
+/// Error policy shared by the controllers: log, count by reason, retry in 10 s.
+pub fn on_error<K: Resource>(
+    kind: &str,
+    obj: &K,
+    error: &crate::Error,
+    ctx: &Context,
+) -> kube::runtime::controller::Action {
+    // Adding the finalizer is an optimistic write ("finalizers still absent"); when a reconcile ran
+    // from a cache that had not yet seen our own earlier write, the apiserver refuses it (409/422).
+    // That is a race, not a failure: look again shortly, without an error metric or a warning.
+    if let crate::Error::Finalizer(inner) = error
+        && let kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(s)) = inner.as_ref()
+        && matches!(s.code, 409 | 422)
+    {
+        tracing::debug!(kind, name = ?obj.meta().name, "finalizer write raced the cache; retrying");
+        return kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(500));
+    }
+    warn!(kind, namespace = ?obj.meta().namespace, name = ?obj.meta().name, error = %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(kind, error.metric_label());
+    kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
+}
+
+/// Drives a controller's result stream to its end (shutdown), logging each outcome at debug level.
+pub async fn drain<S, T, E>(stream: S)
+where
+    S: futures::Stream<Item = Result<(kube::runtime::reflector::ObjectRef<T>, kube::runtime::controller::Action), E>>,
+    T: Resource,
+    T::DynamicType: Eq + std::hash::Hash + Clone,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    stream
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Deletes exactly the object that was fetched (uid precondition), so a newer object of the same
+/// name is never removed by mistake; an object already gone is fine.
+pub async fn delete_exactly<K>(api: &kube::Api<K>, obj: &K) -> crate::Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let dp = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions { uid: obj.meta().uid.clone(), resource_version: None }),
+        ..Default::default()
+    };
+    match api.delete(obj.meta().name.as_deref().unwrap_or_default(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -4,24 +4,21 @@
 //! issued for the task. Wakes up at the task's expiry.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tracing::{debug, info, instrument, warn};
+use tracing::{info, instrument, warn};
 
 use super::Context;
-use super::identity::FINALIZER;
-use super::toolgrant::delete_exactly;
+use super::delete_exactly;
 use crate::api::{AgentIdentity, AgentTask, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
-use crate::core::identity::{PlanError, is_owned_by};
+use crate::core::identity::is_owned_by;
 use crate::core::task::{self, AnchorAction, Revocation};
 use crate::error::{Error, Result};
 
@@ -37,19 +34,13 @@ pub async fn run(ctx: Arc<Context>) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let controller = Controller::new(tasks, watcher::Config::default());
     let store = controller.store();
-    controller
+    let stream = controller
         .owns(secrets, owned)
         // An agent that appears, goes, is suspended, resumed or changes its audiences changes its tasks' phase.
         .watches(agents, watcher::Config::default(), move |agent| tasks_of(&store, &agent))
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled"),
-                Err(e) => debug!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    super::drain(stream).await;
 }
 
 /// The tasks (known to the controller's own cache) whose agentRef names `agent`.
@@ -59,19 +50,7 @@ fn tasks_of(store: &Store<AgentTask>, agent: &AgentIdentity) -> Vec<ObjectRef<Ag
 
 #[instrument(skip_all, fields(namespace = task.namespace().unwrap_or_default(), name = task.name_any()))]
 pub async fn reconcile(task: Arc<AgentTask>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = task.namespace().ok_or(Error::Plan(PlanError::MissingField("metadata.namespace")))?;
-    let api: Api<AgentTask> = Api::namespaced(ctx.client.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, task, |event| async {
-        match event {
-            FinalizerEvent::Apply(t) => apply(t, &ctx).await,
-            FinalizerEvent::Cleanup(t) => cleanup(t, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.reconciled(KIND, started.elapsed().as_secs_f64());
-    res
+    super::reconcile_with_finalizer(&ctx, KIND, task, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
@@ -144,7 +123,5 @@ async fn cleanup(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
 }
 
 fn error_policy(task: Arc<AgentTask>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(namespace = ?task.namespace(), name = %task.name_any(), error = %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(KIND, error.metric_label());
-    Action::requeue(Duration::from_secs(10))
+    super::on_error(KIND, task.as_ref(), error, &ctx)
 }

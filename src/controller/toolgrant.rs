@@ -3,26 +3,20 @@
 //! at the grant's validity boundaries.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tracing::{debug, info, instrument, warn};
+use kube::{Api, ResourceExt};
+use tracing::{info, instrument};
 
-use super::Context;
-use super::identity::FINALIZER;
+use super::{Context, delete_exactly};
 use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant};
 use crate::core::grant::{self, ExistingRbac, RbacAction};
-use crate::core::identity::{PlanError, is_owned_by};
+use crate::core::identity::is_owned_by;
 use crate::error::{Error, Result};
 
 const KIND: &str = "ToolGrant";
@@ -37,20 +31,14 @@ pub async fn run(ctx: Arc<Context>) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let controller = Controller::new(grants, watcher::Config::default());
     let store = controller.store();
-    controller
+    let stream = controller
         .owns(roles, owned.clone())
         .owns(bindings, owned)
         // An agent that appears, goes, is suspended or resumed changes the phase of its grants.
         .watches(agents, watcher::Config::default(), move |agent| grants_of(&store, &agent))
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled"),
-                Err(e) => debug!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    super::drain(stream).await;
 }
 
 /// The grants (known to the controller's own cache) whose agentRef names `agent`.
@@ -60,19 +48,7 @@ fn grants_of(store: &Store<ToolGrant>, agent: &AgentIdentity) -> Vec<ObjectRef<T
 
 #[instrument(skip_all, fields(namespace = grant.namespace().unwrap_or_default(), name = grant.name_any()))]
 pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = grant.namespace().ok_or(Error::Plan(PlanError::MissingField("metadata.namespace")))?;
-    let api: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, grant, |event| async {
-        match event {
-            FinalizerEvent::Apply(g) => apply(g, &ctx).await,
-            FinalizerEvent::Cleanup(g) => cleanup(g, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.reconciled(KIND, started.elapsed().as_secs_f64());
-    res
+    super::reconcile_with_finalizer(&ctx, KIND, grant, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
@@ -115,23 +91,6 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(plan.requeue_after))
 }
 
-/// Deletes exactly the object that was fetched (a uid precondition: never a
-/// same-named successor); an object already gone is fine.
-pub(crate) async fn delete_exactly<K>(api: &Api<K>, obj: &K) -> Result<()>
-where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-{
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions { uid: obj.meta().uid.clone(), resource_version: None }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&obj.name_any(), &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Removes the grant's Role and RoleBinding; never objects of that name it does not own.
 async fn cleanup(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
     let ns = grant.namespace().unwrap_or_default();
@@ -155,7 +114,5 @@ async fn cleanup(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
 }
 
 fn error_policy(grant: Arc<ToolGrant>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(namespace = ?grant.namespace(), name = %grant.name_any(), error = %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(KIND, error.metric_label());
-    Action::requeue(Duration::from_secs(10))
+    super::on_error(KIND, grant.as_ref(), error, &ctx)
 }
