@@ -157,6 +157,14 @@ async fn foreign_service_account_is_never_modified() {
     let after = sas.get("agent-payroll").await.unwrap();
     assert_eq!(after.metadata.resource_version, foreign.metadata.resource_version, "foreign SA was modified");
 
+    // A conflicting agent stalls no other agent.
+    agents.create(&PostParams::default(), &from_yaml(&agent_yaml("billing", ""))).await.unwrap();
+    wait_until(Duration::from_secs(30), "the other agent Ready", || async {
+        let a = agents.get("billing").await.ok()?;
+        conditions::is_true(&a.status?.conditions, "Ready").then_some(())
+    })
+    .await;
+
     // Deleting the agent leaves the foreign ServiceAccount alone.
     agents.delete("payroll", &DeleteParams::default()).await.unwrap();
     wait_until(Duration::from_secs(30), "agent gone", || async {

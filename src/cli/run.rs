@@ -260,7 +260,14 @@ pub async fn start_webhook(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
-    let stream = reflector(writer, watcher(agents_api, watcher::Config::default())).default_backoff().applied_objects();
+    // Admission reads only spec and name: drop what only costs memory (~8 KB per agent otherwise).
+    let stream = watcher(agents_api, watcher::Config::default()).default_backoff().modify(|a| {
+        a.metadata.managed_fields = None;
+        if let Some(ann) = a.metadata.annotations.as_mut() {
+            ann.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    });
+    let stream = reflector(writer, stream).applied_objects();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
