@@ -10,11 +10,9 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Config};
-use serde::Deserialize;
+use kube::{Api, Client};
 use serde_json::json;
 use support::*;
 
@@ -369,31 +367,8 @@ async fn apiserver_refuses_bad_ttls_and_repointing() {
 async fn operator_cluster_role_suffices_for_tasks() {
     let env = env("task-rbac").await;
     let admin = env.client.clone();
-    let shipped: ClusterRole = serde_norway::Deserializer::from_str(include_str!("../config/rbac/role.yaml"))
-        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
-        .find(|v| v["kind"] == "ClusterRole")
-        .map(|v| serde_json::from_value(v).unwrap())
-        .expect("config/rbac/role.yaml has a ClusterRole");
-    let name = format!("agentid-operator-{}", env.ns);
-    let user = format!("agentid-rbac-check-{}", env.ns);
-    let role = ClusterRole { metadata: from_yaml(&format!("name: {name}")), ..shipped };
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }))
-    .unwrap();
-    let cluster_roles: Api<ClusterRole> = Api::all(admin.clone());
-    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
-    cluster_roles.create(&PostParams::default(), &role).await.unwrap();
-    cluster_bindings.create(&PostParams::default(), &binding).await.unwrap();
-
-    let mut config = Config::infer().await.unwrap();
-    config.auth_info.impersonate = Some(user);
-    let operator_client = Client::try_from(config).unwrap();
     let ns = env.ns.clone();
-    // In a task of its own, so the cluster-scoped objects above are removed even when it fails.
-    let outcome = tokio::spawn(async move {
+    with_shipped_cluster_role(&env, |operator_client| async move {
         let op = start_operator(&operator_client, operator_config(&ns));
         let f = fixture_for(admin, ns.clone(), Some(op));
         f.create_agent("triage").await;
@@ -413,10 +388,4 @@ async fn operator_cluster_role_suffices_for_tasks() {
         assert!(!metrics.contains("api_forbidden"), "the operator was refused something:\n{metrics}");
     })
     .await;
-
-    cluster_bindings.delete(&name, &DeleteParams::default()).await.unwrap();
-    cluster_roles.delete(&name, &DeleteParams::default()).await.unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }

@@ -238,3 +238,44 @@ impl Webhook {
         (status, body)
     }
 }
+
+/// Runs `body` with a client acting as a user that holds nothing but the ClusterRole of
+/// config/rbac/role.yaml (under a name of this test's own), and removes those cluster-scoped
+/// objects afterwards, also when `body` panics.
+pub async fn with_shipped_cluster_role<F, Fut>(env: &TestEnv, body: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use serde::Deserialize;
+    let shipped: ClusterRole = serde_norway::Deserializer::from_str(include_str!("../../config/rbac/role.yaml"))
+        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+        .find(|v| v["kind"] == "ClusterRole")
+        .map(|v| serde_json::from_value(v).unwrap())
+        .expect("config/rbac/role.yaml has a ClusterRole");
+    let name = format!("agentid-operator-{}", env.ns);
+    let user = format!("agentid-rbac-check-{}", env.ns);
+    let role = ClusterRole { metadata: from_yaml(&format!("name: {name}")), ..shipped };
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    let cluster_roles: Api<ClusterRole> = Api::all(env.client.clone());
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
+    cluster_roles.create(&PostParams::default(), &role).await.unwrap();
+    cluster_bindings.create(&PostParams::default(), &binding).await.unwrap();
+
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(user);
+    let operator_client = Client::try_from(config).unwrap();
+    // In a task of its own, so the cluster-scoped objects above are removed even when it fails.
+    let outcome = tokio::spawn(body(operator_client)).await;
+    cluster_bindings.delete(&name, &DeleteParams::default()).await.unwrap();
+    cluster_roles.delete(&name, &DeleteParams::default()).await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
