@@ -169,3 +169,26 @@ pub fn service_account_name_for(agent: &str, explicit: Option<&str>) -> String {
         _ => format!("agent-{agent}"),
     }
 }
+
+/// A plain agent for unit tests: namespace `agents`, owner `team-payments`, audience
+/// `https://tools.example.com`, tokenTTL 10m, uid `uid-<name>`.
+#[cfg(test)]
+pub(crate) fn test_agent(name: &str) -> AgentIdentity {
+    let mut a = AgentIdentity::new(
+        name,
+        AgentIdentitySpec {
+            owner: "team-payments".into(),
+            description: None,
+            service_account_name: None,
+            audiences: vec!["https://tools.example.com".into()],
+            token_ttl: DEFAULT_TOKEN_TTL.into(),
+            trust_domain: None,
+            suspended: false,
+            delegation: Default::default(),
+            session_limits: None,
+        },
+    );
+    a.metadata.namespace = Some("agents".into());
+    a.metadata.uid = Some(format!("uid-{name}"));
+    a
+}

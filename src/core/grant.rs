@@ -319,7 +319,7 @@ mod refused_rules_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AgentIdentitySpec, AgentIdentityStatus, AgentRef, Tool, ToolGrantSpec};
+    use crate::api::{AgentIdentityStatus, AgentRef, Tool, ToolGrantSpec};
     use crate::core::names::{MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
     use k8s_openapi::api::rbac::v1::PolicyRule;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -331,21 +331,7 @@ mod tests {
     }
 
     fn agent(name: &str) -> AgentIdentity {
-        let mut a = AgentIdentity::new(
-            name,
-            AgentIdentitySpec {
-                owner: "team-payments".into(),
-                description: None,
-                service_account_name: None,
-                audiences: vec!["https://tools.example.com".into()],
-                token_ttl: "10m".into(),
-                trust_domain: None,
-                suspended: false,
-                delegation: Default::default(),
-                session_limits: None,
-            },
-        );
-        a.metadata.namespace = Some("agents".into());
+        let mut a = crate::api::test_agent(name);
         a.metadata.uid = Some(format!("uid-agent-{name}"));
         a.status =
             Some(AgentIdentityStatus { service_account_name: Some(format!("agent-{name}")), ..Default::default() });

@@ -207,26 +207,11 @@ fn ready_condition(sa_name: &str, spiffe: &str) -> CondUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::AgentIdentitySpec;
+
     use k8s_openapi::api::core::v1::ServiceAccount;
 
     fn agent(name: &str) -> AgentIdentity {
-        let mut a = AgentIdentity::new(
-            name,
-            AgentIdentitySpec {
-                owner: "team-payments".into(),
-                description: None,
-                service_account_name: None,
-                audiences: vec!["https://tools.example.com".into()],
-                token_ttl: "10m".into(),
-                trust_domain: None,
-                suspended: false,
-                delegation: Default::default(),
-                session_limits: None,
-            },
-        );
-        a.metadata.namespace = Some("agents".into());
-        a.metadata.uid = Some(format!("uid-{name}"));
+        let mut a = crate::api::test_agent(name);
         a.metadata.generation = Some(3);
         a
     }

@@ -457,7 +457,7 @@ pub fn token_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AgentIdentitySpec, AgentIdentityStatus, AgentRef, AgentTaskSpec};
+    use crate::api::{AgentIdentityStatus, AgentRef, AgentTaskSpec};
     use crate::core::grant::MIN_REQUEUE;
     use crate::core::names::{MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
 
@@ -469,21 +469,9 @@ mod tests {
     }
 
     fn agent(name: &str) -> AgentIdentity {
-        let mut a = AgentIdentity::new(
-            name,
-            AgentIdentitySpec {
-                owner: "team-payments".into(),
-                description: None,
-                service_account_name: None,
-                audiences: vec![AUDIENCE.into(), "https://payments.example.com".into()],
-                token_ttl: "30m".into(),
-                trust_domain: None,
-                suspended: false,
-                delegation: Default::default(),
-                session_limits: None,
-            },
-        );
-        a.metadata.namespace = Some("agents".into());
+        let mut a = crate::api::test_agent(name);
+        a.spec.audiences = vec![AUDIENCE.into(), "https://payments.example.com".into()];
+        a.spec.token_ttl = "30m".into();
         a.metadata.uid = Some(format!("uid-agent-{name}"));
         a.status =
             Some(AgentIdentityStatus { service_account_name: Some(format!("agent-{name}")), ..Default::default() });

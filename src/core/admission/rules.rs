@@ -462,25 +462,13 @@ pub fn new_violations(new: Vec<Violation>, old: &[Violation]) -> Vec<Violation> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::AgentIdentitySpec;
+
     use crate::core::admission::workload::from_object;
 
     fn agent(name: &str, suspended: bool, ttl: &str) -> AgentIdentity {
-        let mut a = AgentIdentity::new(
-            name,
-            AgentIdentitySpec {
-                owner: "team-payments".into(),
-                description: None,
-                service_account_name: None,
-                audiences: vec!["https://tools.example.com".into()],
-                token_ttl: ttl.into(),
-                trust_domain: None,
-                suspended,
-                delegation: Default::default(),
-                session_limits: None,
-            },
-        );
-        a.metadata.namespace = Some("agents".into());
+        let mut a = crate::api::test_agent(name);
+        a.spec.suspended = suspended;
+        a.spec.token_ttl = ttl.into();
         a
     }
 
