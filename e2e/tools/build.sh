@@ -18,8 +18,13 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 log() { printf '[build] %s\n' "$*" >&2; }
 
-have_version() { # binary expected-substring
-  [ -x "$bin/$1" ] && "$bin/$1" "${@:3}" 2>/dev/null | grep -q -- "$2"
+have_version() { # binary expected-substring args...
+  # Read the whole output first: `| grep -q` may close the pipe early, and with pipefail the
+  # writer's SIGPIPE would count as "not present" and trigger a needless rebuild.
+  [ -x "$bin/$1" ] || return 1
+  local out
+  out=$("$bin/$1" "${@:3}" 2>/dev/null) || true
+  [[ $out == *"$2"* ]]
 }
 
 build_kube() {
