@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(
         name = "Valid Until",
-        type_ = "date",
+        // `date` columns show ages, and kubectl prints <invalid> for a time in the future.
+        type_ = "string",
         json_path = ".spec.validUntil",
         description = "When the grant expires"
     ),
