@@ -199,7 +199,15 @@ async fn toolgrants_cannot_escalate_beyond_their_author() {
             "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {{name: {name}}}\nspec:\n  agentRef: {{name: bot}}\n  kubernetesRules: [{{apiGroups: [''], resources: [{resource}], verbs: [get]}}]\n"
         ))
     };
-    grants.create(&PostParams::default(), &grant("read-config", "configmaps")).await.expect("dev holds get configmaps");
+    // The apiserver's RBAC cache catches up with the new binding within moments.
+    wait_until(std::time::Duration::from_secs(20), "dev may grant get configmaps", || async {
+        match grants.create(&PostParams::default(), &grant("read-config", "configmaps")).await {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(s)) if s.message.contains("is forbidden: User") => None,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    })
+    .await;
     let err = grants.create(&PostParams::default(), &grant("read-secrets", "secrets")).await.unwrap_err().to_string();
     assert!(err.contains("[agentid/toolgrant-escalation] dev may not grant permissions they do not hold"), "{err}");
     assert!(err.contains("get core/secrets"), "{err}");
@@ -236,6 +244,8 @@ async fn toolgrants_cannot_escalate_beyond_their_author() {
                     .await;
                 None
             }
+            // The apiserver's RBAC cache has not seen the binding yet.
+            Err(kube::Error::Api(s)) if s.message.contains("is forbidden: User") => None,
             Err(e) => panic!("unexpected: {e}"),
         }
     })
@@ -275,7 +285,12 @@ async fn running_as_an_agent_needs_use_on_its_identity() {
     let msg = wait_until(std::time::Duration::from_secs(20), "agent known to the webhook", || async {
         match dev_pods.create(&PostParams::default(), &pod).await {
             Err(kube::Error::Api(s)) if s.message.contains("agent-use-denied") => Some(s.message),
-            Err(kube::Error::Api(s)) if s.message.contains("unknown-agent") => None,
+            // The webhook's cache has not seen the agent yet, or the apiserver's RBAC cache the binding.
+            Err(kube::Error::Api(s))
+                if s.message.contains("unknown-agent") || s.message.starts_with("pods is forbidden") =>
+            {
+                None
+            }
             other => panic!("unexpected: {other:?}"),
         }
     })
@@ -291,6 +306,14 @@ async fn running_as_an_agent_needs_use_on_its_identity() {
         .create(&PostParams::default(), &from_yaml("metadata: {name: use-triage}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: use-triage}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: dev}]"))
         .await
         .unwrap();
-    dev_pods.create(&PostParams::default(), &pod).await.expect("dev may now run the triage agent");
+    // The apiserver's RBAC cache catches up with the new binding within moments.
+    wait_until(std::time::Duration::from_secs(20), "dev may run the triage agent", || async {
+        match dev_pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(s)) if s.message.contains("agent-use-denied") => None,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    })
+    .await;
     hook.stop().await;
 }

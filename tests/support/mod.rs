@@ -268,6 +268,32 @@ where
     cluster_roles.create(&PostParams::default(), &role).await.unwrap();
     cluster_bindings.create(&PostParams::default(), &binding).await.unwrap();
 
+    // Start only once the apiserver's RBAC cache has the binding, so the operator is not refused early.
+    wait_until(Duration::from_secs(20), "the ClusterRole in effect", || {
+        let (client, user) = (env.client.clone(), user.clone());
+        async move {
+            use k8s_openapi::api::authorization::v1::{
+                ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+            };
+            let sar = SubjectAccessReview {
+                metadata: Default::default(),
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some("agentid.dev".into()),
+                        resource: Some("agentidentities".into()),
+                        verb: Some("list".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                status: None,
+            };
+            let res = Api::<SubjectAccessReview>::all(client).create(&PostParams::default(), &sar).await.ok()?;
+            res.status?.allowed.then_some(())
+        }
+    })
+    .await;
     let mut config = kube::Config::infer().await.unwrap();
     config.auth_info.impersonate = Some(user);
     let operator_client = Client::try_from(config).unwrap();
