@@ -58,6 +58,7 @@ pub struct Metrics {
     pub admission_duration: Family<ModeLabels, Histogram>,
     pub task_revocations: Family<ReasonLabels, Counter>,
     pub tokens_issued: Counter,
+    pub grant_transitions: Family<ReasonLabels, Counter>,
     pub token_refusals: Family<ReasonLabels, Counter>,
 }
 
@@ -98,6 +99,12 @@ impl Default for Metrics {
         );
         let task_revocations = Family::<ReasonLabels, Counter>::default();
         let tokens_issued = Counter::default();
+        let grant_transitions = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "grant_transitions",
+            "ToolGrant phase changes (GrantActivated, GrantExpired, GrantRevoked, GrantPending)",
+            grant_transitions.clone(),
+        );
         let token_refusals = Family::<ReasonLabels, Counter>::default();
         registry.register("task_tokens_issued", "Task tokens issued by the token broker", tokens_issued.clone());
         registry.register("task_token_refusals", "Task token requests refused, by reason", token_refusals.clone());
@@ -118,6 +125,7 @@ impl Default for Metrics {
             admission_duration,
             task_revocations,
             tokens_issued,
+            grant_transitions,
             token_refusals,
         }
     }
@@ -154,6 +162,10 @@ impl Metrics {
     }
 
     /// An AgentTask's anchor was deleted: every token issued for the task stops authenticating.
+    pub fn grant_transition(&self, reason: &str) {
+        self.grant_transitions.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
     pub fn token_issued(&self) {
         self.tokens_issued.inc();
     }

@@ -171,6 +171,8 @@ async fn grant_expires_on_time_and_its_access_ends() {
     f.wait_phase("short", GrantPhase::Expired, "Expired").await;
     assert!(!f.agent_can_get_configmaps("triage").await, "denied once Expired");
     assert_eq!(f.rbac("short").await, (false, false));
+    let metrics = f.op.metrics.encode();
+    assert!(metrics.contains("agentid_grant_transitions_total{reason=\"GrantExpired\"} 1"), "{metrics}");
 }
 
 #[tokio::test]

@@ -87,6 +87,9 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
     }
     // status (only when it changed, so steady state costs no writes)
     ctx.write_status(grant.as_ref(), grant.status.as_ref(), &plan.status, &plan.events).await?;
+    for e in &plan.events {
+        ctx.metrics.grant_transition(e.reason);
+    }
     // The phase changes at the next validity boundary without any watch event: wake up then.
     Ok(Action::requeue(plan.requeue_after))
 }
