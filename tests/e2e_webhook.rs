@@ -107,6 +107,21 @@ async fn webhook_enforces_warns_and_audits_through_the_apiserver() {
         "{metrics}"
     );
 
+    // A misspelled mode is refused by the apiserver itself (a ValidatingAdmissionPolicy agentid installs),
+    // instead of silently leaving the namespace unjudged.
+    let typo = serde_json::json!({"metadata": {"labels": {"agentid.dev/enforcement": "Enforce"}}});
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    let msg = wait_until(std::time::Duration::from_secs(20), "policy in effect", || async {
+        match namespaces.patch(&audit_ns, &PatchParams::default(), &Patch::Merge(&typo)).await {
+            Err(kube::Error::Api(s)) => Some(s.message),
+            Ok(_) => None,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    })
+    .await;
+    assert!(msg.contains("must be enforce, warn or audit"), "{msg}");
+    hook.label(&audit_ns, Some("audit")).await;
+
     // Unlabeled namespaces and the operator's own namespace are untouched.
     let free_ns = namespace(&env.client, "webhook-free").await;
     hook.label(&free_ns, None).await;

@@ -16,7 +16,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum_server::tls_rustls::RustlsConfig;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -281,6 +283,11 @@ pub async fn register(client: &Client, reg: &Registration) -> Result<()> {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let desired = registration::desired(reg);
     api.patch(&reg.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
+    let (policy, binding) = registration::enforcement_label_policy(reg);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    Api::<ValidatingAdmissionPolicy>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&policy)).await?;
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&binding)).await?;
     info!(name = %reg.name, "webhook configuration registered");
     Ok(())
 }

@@ -201,6 +201,18 @@ impl Webhook {
     pub async fn stop(self) {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
         api.delete(&self.name, &DeleteParams::default()).await.unwrap();
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let policy = format!("{}-enforcement-label", self.name);
+        Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+            .delete(&policy, &DeleteParams::default())
+            .await
+            .unwrap();
+        Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+            .delete(&policy, &DeleteParams::default())
+            .await
+            .unwrap();
     }
 }
 

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
-    WebhookClientConfig,
+    MatchCondition, MatchResources, NamedRuleWithOperations, RuleWithOperations, ServiceReference,
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, ValidatingWebhook, ValidatingWebhookConfiguration, Validation, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 
@@ -185,6 +186,53 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
         },
         webhooks: Some(webhooks),
     }
+}
+
+/// The ValidatingAdmissionPolicy (and its binding) that refuses a misspelled enforcement label on a
+/// Namespace: `agentid.dev/enforcement: Enforce` would otherwise silently mean "not judged". Enforced by
+/// the apiserver itself, so it works whether or not agentid is up.
+pub fn enforcement_label_policy(reg: &Registration) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let name = format!("{}-enforcement-label", reg.name);
+    let labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())]));
+    let modes: Vec<String> = Enforcement::ALL.iter().map(|m| format!("'{m}'")).collect();
+    let policy = ValidatingAdmissionPolicy {
+        metadata: ObjectMeta { name: Some(name.clone()), labels: labels.clone(), ..Default::default() },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec![String::new()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["namespaces".into()]),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            validations: Some(vec![Validation {
+                expression: format!(
+                    "!has(object.metadata.labels) || !('{ENFORCEMENT_LABEL}' in object.metadata.labels) || object.metadata.labels['{ENFORCEMENT_LABEL}'] in [{}]",
+                    modes.join(", ")
+                ),
+                message: Some(format!(
+                    "label {ENFORCEMENT_LABEL} must be enforce, warn or audit (agentid would not judge this namespace)"
+                )),
+                reason: Some("Invalid".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let binding = ValidatingAdmissionPolicyBinding {
+        metadata: ObjectMeta { name: Some(name.clone()), labels, ..Default::default() },
+        spec: ValidatingAdmissionPolicyBindingSpec {
+            policy_name: name,
+            validation_actions: vec!["Deny".into()],
+            ..Default::default()
+        },
+    };
+    (policy, binding)
 }
 
 #[cfg(test)]
