@@ -389,3 +389,20 @@ async fn operator_cluster_role_suffices_for_tasks() {
     })
     .await;
 }
+
+/// Deleting the agent revokes its tasks: their anchors go, and with them every task token.
+#[tokio::test]
+async fn deleting_the_agent_revokes_its_tasks() {
+    let f = fixture("task-agent-gone").await;
+    f.create_agent("triage").await;
+    f.create_task("fix", "triage", &[TOOLS]).await;
+    f.wait_phase("fix", TaskPhase::Active, "Active").await;
+    let token = f.mint("fix").await;
+    f.agents.delete("triage", &kube::api::DeleteParams::default()).await.unwrap();
+    f.wait_anchor_gone("fix").await;
+    // Revoked twice over: its anchor and its ServiceAccount are both gone.
+    wait_until(Duration::from_secs(20), "task token unauthenticated", || async {
+        (f.review(&token, &[TOOLS]).await.authenticated != Some(true)).then_some(())
+    })
+    .await;
+}

@@ -307,3 +307,24 @@ async fn operator_cluster_role_suffices_for_grants() {
     })
     .await;
 }
+
+/// Deleting an agent removes everything agentid created for it: its ServiceAccount (finalizer) and the
+/// RBAC of its grants (the grants fall back to Pending, AgentNotFound).
+#[tokio::test]
+async fn deleting_the_agent_removes_its_service_account_and_grant_rbac() {
+    let f = fixture("tg-agent-gone").await;
+    f.create_agent("triage").await;
+    f.create_grant("read-config", "triage", "").await;
+    f.wait_phase("read-config", GrantPhase::Active, "Active").await;
+    assert_eq!(f.rbac("read-config").await, (true, true));
+
+    f.agents.delete("triage", &DeleteParams::default()).await.unwrap();
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(f.client.clone(), &f.ns);
+    wait_until(TIMEOUT, "agent, its ServiceAccount and its grant's RBAC gone", || async {
+        let agent_gone = f.agents.get_opt("triage").await.ok()?.is_none();
+        let sa_gone = sas.get_opt("agent-triage").await.ok()?.is_none();
+        (agent_gone && sa_gone && f.rbac("read-config").await == (false, false)).then_some(())
+    })
+    .await;
+    f.wait_phase("read-config", GrantPhase::Pending, "AgentNotFound").await;
+}
