@@ -921,10 +921,15 @@ fn print_tokens(t: &Tokens) {
         t.attempts,
         answers.join(", ")
     );
-    if t.timed_out {
+    print_section(out, t.timed_out, &t.failures);
+}
+
+/// Prints a section's table with its timeout and failure lines.
+fn print_section(mut out: String, timed_out: bool, failures: &[String]) {
+    if timed_out {
         let _ = writeln!(out, "\nTIMED OUT after {} s", SECTION_TIMEOUT.as_secs());
     }
-    for f in &t.failures {
+    for f in failures {
         let _ = writeln!(out, "- failure: {f}");
     }
     println!("{out}");
@@ -1050,13 +1055,7 @@ fn print_revocation(r: &Revocations) {
         out,
         "\nthe kube-apiserver caches successful token authentications for 10 s, so a TokenReview made just before the anchor went keeps answering `authenticated` for up to 10 s; every token was reviewed once (it authenticated), then > 10 s passed before the first `completed` was set; polling starts right after the patch (whose round trip is included), and the first review after it usually still finds the anchor and is cached"
     );
-    if r.timed_out {
-        let _ = writeln!(out, "\nTIMED OUT after {} s", SECTION_TIMEOUT.as_secs());
-    }
-    for f in &r.failures {
-        let _ = writeln!(out, "- failure: {f}");
-    }
-    println!("{out}");
+    print_section(out, r.timed_out, &r.failures);
 }
 
 // -------------------------------------------------------------- 5. admission
@@ -1191,11 +1190,5 @@ fn print_admission(a: &Admission, metrics: &str) {
     for l in metric_lines(metrics, "agentid_admission_requests_total{") {
         let _ = writeln!(out, "- `{l}`");
     }
-    if a.timed_out {
-        let _ = writeln!(out, "\nTIMED OUT after {} s", SECTION_TIMEOUT.as_secs());
-    }
-    for f in &a.failures {
-        let _ = writeln!(out, "- failure: {f}");
-    }
-    println!("{out}");
+    print_section(out, a.timed_out, &a.failures);
 }

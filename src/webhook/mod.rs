@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{AgentIdentity, FIELD_MANAGER, ToolGrant};
 use crate::core::admission::exceptions::ExceptionSet;
-use crate::core::admission::grants::{self, GrantRefusal};
+use crate::core::admission::grants::{self, GrantReview};
 use crate::core::admission::registration::{self, Registration};
 use crate::core::admission::review::{self, Judgement};
 use crate::core::admission::review::{AdmissionRequest, AdmissionResponse, ResponseStatus, UserInfo};
@@ -182,23 +182,19 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
             );
         }
     };
-    let namespace = req.namespace.clone().or_else(|| grant.metadata.namespace.clone()).unwrap_or_default();
-    if let Some((sa_ns, sa)) = grants::service_account_of(&req.user_info)
-        && let Some(agent) = s.agents.agent_of_service_account(sa_ns, sa)
-    {
-        let refusal = GrantRefusal::AgentRequester { user: req.user_info.username.clone(), agent };
-        return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {refusal}"));
-    }
-    // Metadata-only updates (labels, finalizers) change no permission.
-    if req.operation == "UPDATE"
-        && let Some(old) = req.old_object.as_ref().and_then(|o| serde_json::from_value::<ToolGrant>(o.clone()).ok())
-        && old.spec == grant.spec
-    {
-        return allow;
-    }
-    let checks = match grants::access_checks(&grant, &namespace) {
-        Ok(c) => c,
-        Err(e) => return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {e}")),
+    let old = req.old_object.as_ref().and_then(|o| serde_json::from_value::<ToolGrant>(o.clone()).ok());
+    let review = grants::review_request(
+        &req.user_info,
+        &req.operation,
+        req.namespace.as_deref(),
+        &grant,
+        old.as_ref(),
+        s.agents.as_ref(),
+    );
+    let (namespace, checks) = match review {
+        GrantReview::Allow => return allow,
+        GrantReview::Refuse(e) => return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {e}")),
+        GrantReview::Check { namespace, checks } => (namespace, checks),
     };
     let user = &req.user_info;
     let pending: Vec<BoxFuture<'_, Result<bool, String>>> =

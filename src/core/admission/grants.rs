@@ -133,6 +133,42 @@ pub fn access_checks(grant: &ToolGrant, namespace: &str) -> Result<Vec<AccessChe
     Ok(checks)
 }
 
+/// What admitting a ToolGrant request takes, decided before any access check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrantReview {
+    /// Nothing to check (no object, or an UPDATE that leaves the spec as it was).
+    Allow,
+    /// Refused outright, with the reason.
+    Refuse(GrantRefusal),
+    /// The requester must hold each of these permissions in `namespace`.
+    Check { namespace: String, checks: Vec<AccessCheck> },
+}
+
+/// Decides a ToolGrant CREATE/UPDATE up to the access checks: agents never change grants, metadata-only
+/// updates change no permission, and everything else needs the requester to hold every rule.
+pub fn review_request(
+    user: &UserInfo,
+    operation: &str,
+    namespace: Option<&str>,
+    grant: &ToolGrant,
+    old: Option<&ToolGrant>,
+    agents: &dyn super::rules::AgentDirectory,
+) -> GrantReview {
+    if let Some((sa_ns, sa)) = service_account_of(user)
+        && let Some(agent) = agents.agent_of_service_account(sa_ns, sa)
+    {
+        return GrantReview::Refuse(GrantRefusal::AgentRequester { user: user.username.clone(), agent });
+    }
+    if operation == "UPDATE" && old.is_some_and(|o| o.spec == grant.spec) {
+        return GrantReview::Allow;
+    }
+    let namespace = namespace.or(grant.metadata.namespace.as_deref()).unwrap_or_default().to_string();
+    match access_checks(grant, &namespace) {
+        Ok(checks) => GrantReview::Check { namespace, checks },
+        Err(refusal) => GrantReview::Refuse(refusal),
+    }
+}
+
 /// The denial message for the permissions the requester lacks, or `None` when they hold all.
 pub fn missing_message(user: &str, namespace: &str, missing: &[&AccessCheck]) -> Option<String> {
     if missing.is_empty() {
@@ -222,6 +258,29 @@ mod tests {
         let u = |s: &str| UserInfo { username: s.into(), ..Default::default() };
         assert_eq!(service_account_of(&u("system:serviceaccount:agents:agent-a")), Some(("agents", "agent-a")));
         assert_eq!(service_account_of(&u("alice")), None);
+    }
+
+    #[test]
+    fn requests_are_decided_before_any_access_check() {
+        use crate::core::admission::rules::StaticDirectory;
+        let g = grant("[{apiGroups: [''], resources: [configmaps], verbs: [get]}]");
+        let agent: crate::api::AgentIdentity = serde_norway::from_str(
+            "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: bot, namespace: agents}\nspec: {owner: t, audiences: [x]}",
+        )
+        .unwrap();
+        let dir = StaticDirectory::new([agent].iter(), "default");
+        let u = |s: &str| UserInfo { username: s.into(), ..Default::default() };
+        let agent_sa = u("system:serviceaccount:agents:agent-bot");
+        assert!(matches!(
+            review_request(&agent_sa, "CREATE", Some("agents"), &g, None, &dir),
+            GrantReview::Refuse(GrantRefusal::AgentRequester { .. })
+        ));
+        assert_eq!(review_request(&u("alice"), "UPDATE", Some("agents"), &g, Some(&g), &dir), GrantReview::Allow);
+        let GrantReview::Check { namespace, checks } = review_request(&u("alice"), "CREATE", None, &g, None, &dir)
+        else {
+            panic!("expected checks")
+        };
+        assert_eq!((namespace.as_str(), checks.len()), ("agents", 1));
     }
 
     #[test]
