@@ -249,6 +249,7 @@ impl Operator {
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
             .args(["--broker-addr", &format!("127.0.0.1:{broker}")])
+            .args(["--webhook-client-ca-file", &cluster_dir.join("pki/webhook-client-ca.crt").display().to_string()])
             .args(["--webhook-configuration", &name])
             .args(["--webhook-scope", &format!("agentid.dev/bench={ns}")])
             .stdin(Stdio::null())

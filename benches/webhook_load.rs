@@ -3,7 +3,7 @@
 //! earlier ones finished, and a request waiting for a free connection counts) and peak throughput (closed loop). Client and server
 //! share this process and the machine's cores. `cargo bench --bench webhook_load`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -22,13 +22,23 @@ use agentid::core::admission::exceptions::ExceptionSet;
 use agentid::core::admission::review::UserInfo;
 use agentid::core::admission::rules::StaticDirectory;
 use agentid::metrics::Metrics;
-use agentid::webhook::{AccessReviewer, WebhookState, router, tls};
+use agentid::server::listener::{Limits, Listener, TlsHandle};
+use agentid::server::tls;
+use agentid::webhook::{AccessReviewer, ServiceAccountLookup, WebhookState, router};
 
 mod support;
 use support::typical;
 
 /// Stands in for the apiserver's SubjectAccessReview (the `use` check of the agent): always yes, at no cost,
 /// so the numbers are agentid's own.
+/// No ServiceAccount exists (the bench judges pods only).
+struct NoServiceAccounts;
+impl ServiceAccountLookup for NoServiceAccounts {
+    fn exists<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
 struct AllowAll;
 impl AccessReviewer for AllowAll {
     fn allowed<'a>(&'a self, _: &'a UserInfo, _: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>> {
@@ -107,18 +117,21 @@ fn main() {
             "metadata": {"name": "triage-bot", "namespace": "agents"},
             "spec": {"owner": "team", "audiences": ["https://tools.example.com"], "tokenTTL": "15m"}}))
             .unwrap();
-        let state = Arc::new(WebhookState {
-            agents: Arc::new(StaticDirectory::new([agent].iter(), "default")),
-            reviewer: Arc::new(AllowAll),
-            exceptions: RwLock::new(ExceptionSet::default()),
-            metrics: Arc::new(Metrics::default()),
-        });
-        let config =
-            axum_server::tls_rustls::RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes()).await.unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let state = Arc::new(WebhookState::new(
+            Arc::new(StaticDirectory::new([agent].iter(), "default")),
+            Arc::new(AllowAll),
+            Arc::new(NoServiceAccounts),
+            ExceptionSet::default(),
+            Arc::new(Metrics::default()),
+        ));
+        let material =
+            tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+        let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
+        let listener =
+            Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, router(state), Limits::default())
+                .unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = axum_server::from_tcp_rustls(listener, config).unwrap();
-        tokio::spawn(server.serve(router(state).into_make_service()));
+        tokio::spawn(listener.run());
 
         let body = body();
         let ca = ca.into_bytes();

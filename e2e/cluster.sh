@@ -9,7 +9,8 @@
 #   e2e/cluster.sh status  print whether it runs
 #
 # State lives in $AGENTID_CLUSTER_DIR (default <repo>/.cluster): kubeconfig,
-# pki/, logs/ (etcd.log, kube-apiserver.log), pids/.
+# pki/, logs/ (etcd.log, kube-apiserver.log), pids/. The apiserver presents the client certificate
+# pki/webhook-client.crt (CA pki/webhook-client-ca.crt) to every admission webhook it calls.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -50,6 +51,47 @@ EOF
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     rm -f ./*.csr ./*.srl
   )
+}
+
+# The client certificate the apiserver presents when it calls admission webhooks (its own CA, so a
+# webhook that trusts it trusts nothing else), and the admission configuration that hands it over.
+gen_webhook_client() {
+  [ -f "$pki/webhook-client.crt" ] || (
+    cd "$pki"
+    log "generating the apiserver's webhook client certificate"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout webhook-client-ca.key -out webhook-client-ca.crt -days 3650 \
+      -subj "/CN=agentid-local-webhook-client-ca" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > wclient.ext
+    openssl req -newkey rsa:2048 -nodes -keyout webhook-client.key -out webhook-client.csr \
+      -subj "/CN=kube-apiserver-webhook-client" 2>/dev/null
+    openssl x509 -req -in webhook-client.csr -CA webhook-client-ca.crt -CAkey webhook-client-ca.key -CAcreateserial \
+      -out webhook-client.crt -days 3650 -extfile wclient.ext 2>/dev/null
+    rm -f ./*.csr ./*.srl wclient.ext
+  )
+  cat > "$dir/webhook-kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: '*'
+  user:
+    client-certificate: $pki/webhook-client.crt
+    client-key: $pki/webhook-client.key
+EOF
+  cat > "$dir/admission-config.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $dir/webhook-kubeconfig
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $dir/webhook-kubeconfig
+EOF
 }
 
 write_kubeconfig() { # port
@@ -96,6 +138,7 @@ up() {
   down >/dev/null 2>&1 || true
   mkdir -p "$logs" "$pids"
   gen_pki
+  gen_webhook_client
   local started=$SECONDS
   local etcd_port peer_port api_port
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
@@ -121,6 +164,7 @@ up() {
     --service-cluster-ip-range 10.0.0.0/24 \
     --allow-privileged=true \
     --disable-admission-plugins ServiceAccount \
+    --admission-control-config-file "$dir/admission-config.yaml" \
     --endpoint-reconciler-type none \
     --enable-priority-and-fairness=false \
     --profiling=false \

@@ -31,6 +31,7 @@ setsid target/release/agentid run --operator-namespace agentid-system \
   --probe-addr "127.0.0.1:$probe_port" \
   --webhook-addr "127.0.0.1:$webhook_port" --webhook-url "https://127.0.0.1:$webhook_port" \
   --broker-addr "127.0.0.1:$broker_port" \
+  --webhook-client-ca-file "$dir/pki/webhook-client-ca.crt" \
   >"$dir/logs/agentid.log" 2>&1 </dev/null &
 echo $! > "$dir/pids/agentid"
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$probe_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

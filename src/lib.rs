@@ -11,6 +11,7 @@ pub mod core;
 pub mod error;
 pub mod metrics;
 pub mod probes;
+pub mod server;
 pub mod telemetry;
 pub mod webhook;
 

@@ -46,6 +46,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<KindLabels, Counter>,
@@ -60,6 +66,9 @@ pub struct Metrics {
     pub tokens_issued: Counter,
     pub grant_transitions: Family<ReasonLabels, Counter>,
     pub token_refusals: Family<ReasonLabels, Counter>,
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    pub connections_cut: Family<ListenerLabels, Counter>,
+    pub access_checks_throttled: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,8 +122,29 @@ impl Default for Metrics {
             "AgentTask anchors deleted, revoking every token of the task, by reason (completed, expired, suspended, deleted, agent_changed)",
             task_revocations.clone(),
         );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        let connections_cut = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on accept, by listener and reason (max_connections, max_connections_per_peer, accept_error)",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_cut",
+            "Connections closed early, by listener and reason (handshake_failed, handshake_timeout, idle_timeout)",
+            connections_cut.clone(),
+        );
+        let access_checks_throttled = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "access_checks_throttled",
+            "Requests refused because they would exceed a budget of SubjectAccessReviews or TokenReviews, by reason",
+            access_checks_throttled.clone(),
+        );
         Self {
             registry,
+            connections_refused,
+            connections_cut,
+            access_checks_throttled,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -132,6 +162,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        let labels = ListenerLabels { listener: listener.into(), reason: reason.into() };
+        self.connections_refused.get_or_create(&labels).inc();
+    }
+
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        let labels = ListenerLabels { listener: listener.into(), reason: reason.into() };
+        self.connections_cut.get_or_create(&labels).inc();
+    }
+
+    pub fn access_check_throttled(&self, reason: &str) {
+        self.access_checks_throttled.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
     pub fn reconciled(&self, kind: &str, seconds: f64) {
         let labels = KindLabels { kind: kind.to_string() };
         self.reconciles.get_or_create(&labels).inc();

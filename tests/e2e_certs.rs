@@ -12,8 +12,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
 use agentid::probes::Readiness;
-use agentid::webhook::tls::{self, CertSource, Files, SelfManaged};
-use agentid::webhook::{ServeConfig, serve};
+use agentid::server::tls::{self, CertSource, Files, SelfManaged};
+use agentid::server::{ServeConfig, serve};
 
 #[tokio::test]
 async fn self_managed_certificate_is_renewed_under_the_same_ca() {
@@ -71,11 +71,14 @@ async fn certificate_files_are_reloaded_while_serving() {
     };
     let cfg = ServeConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
-        broker: None,
+        extra: Vec::new(),
         certs: CertSource::Files(files),
+        client_ca: None,
         registration: None,
         self_check_name: "localhost".into(),
         reload_interval: Duration::from_millis(200),
+        limits: Default::default(),
+        metrics: None,
     };
     let ready = Arc::new(Readiness::default());
     let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));

@@ -72,8 +72,24 @@ async fn the_tasks_agent_gets_a_token_over_https_that_dies_with_the_task() {
     let other = caller_token(&env.client, &env.ns, "agent-other").await;
     let (status, body) = hook.post(&path, Some(&other)).await;
     assert_eq!(status, 403, "{body}");
+    // A caller from another namespace gets the same answer whether or not the task exists (no oracle).
+    let elsewhere = namespace(&env.client, "tokens-elsewhere").await;
+    let sa: ServiceAccount = from_yaml("metadata: {name: prober}");
+    Api::<ServiceAccount>::namespaced(env.client.clone(), &elsewhere)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let prober = caller_token(&env.client, &elsewhere, "prober").await;
+    let (s1, b1) = hook.post(&path, Some(&prober)).await;
+    let (s2, b2) = hook.post(&format!("/v1/tasks/{}/no-such-task/token", env.ns), Some(&prober)).await;
+    assert_eq!((s1, s2), (403, 403), "{b1} {b2}");
+    assert_eq!(b1.replace("triage-42", "T"), b2.replace("no-such-task", "T"), "identical refusals");
+    assert!(!b1.contains("bot"), "the owning agent is not named to strangers: {b1}");
     // The task's own agent: a token.
     let mine = caller_token(&env.client, &env.ns, "agent-bot").await;
+    // A task name that is no object name never reaches an apiserver URL.
+    let (status, body) = hook.post(&format!("/v1/tasks/{}/tx%3FdryRun%3DAll/token", env.ns), Some(&mine)).await;
+    assert_eq!(status, 400, "{body}");
     let (status, body) = hook.post(&path, Some(&mine)).await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -73,6 +73,8 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_enforces_warns_and_audits_through_the_apiserver() {
     let env = env("webhook").await;
+    // Agents are trusted once the controller has put their ServiceAccount in place.
+    let _op = start_operator(&env.client, operator_config(&env.ns));
     let hook = Webhook::start(&env.client, &env.ns).await;
     let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
 
@@ -194,6 +196,7 @@ async fn client_as(user: &str) -> Client {
 async fn toolgrants_cannot_escalate_beyond_their_author() {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let env = env("escalation").await;
+    let _op = start_operator(&env.client, operator_config(&env.ns));
     let hook = Webhook::start(&env.client, &env.ns).await;
     hook.label(&env.ns, None).await;
 
@@ -273,6 +276,7 @@ async fn toolgrants_cannot_escalate_beyond_their_author() {
 async fn running_as_an_agent_needs_use_on_its_identity() {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let env = env("agentuse").await;
+    let _op = start_operator(&env.client, operator_config(&env.ns));
     let hook = Webhook::start(&env.client, &env.ns).await;
     hook.label(&env.ns, Some("enforce")).await;
     let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);

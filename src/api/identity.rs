@@ -160,6 +160,15 @@ impl AgentIdentity {
             self.spec.service_account_name.as_deref(),
         )
     }
+
+    /// Whether agentid has confirmed that the agent's ServiceAccount is its own: the controller writes
+    /// `status.serviceAccountName` only for a ServiceAccount it created for this agent (never for one that
+    /// existed before or that another agent owns). Admission, the broker and the decision point trust an
+    /// agent's ServiceAccount only then, so naming someone else's ServiceAccount gains nothing.
+    pub fn service_account_in_place(&self) -> bool {
+        self.status.as_ref().and_then(|s| s.service_account_name.as_deref())
+            == Some(self.service_account_name().as_str())
+    }
 }
 
 /// The ServiceAccount name of an agent, given its name and the optional override.

@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,8 +19,10 @@ use crate::core::admission::registration::{Endpoint, Registration};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::probes::{self, Readiness};
-use crate::webhook::tls::{CertSource, Files, SelfManaged};
-use crate::webhook::{self, ServeConfig, StoreDirectory, WebhookState};
+use crate::server::listener::Limits;
+use crate::server::tls::{CertSource, Files, SelfManaged};
+use crate::server::{self, ExtraListener, ServeConfig};
+use crate::webhook::{self, StoreDirectory, WebhookState};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -92,6 +94,19 @@ pub struct RunArgs {
     /// Admission exceptions file (YAML); reloaded on change.
     #[arg(long, env = "AGENTID_EXCEPTIONS_FILE")]
     pub exceptions_file: Option<PathBuf>,
+    /// CA bundle (PEM) of the client certificate the apiserver presents to webhooks (its admission
+    /// configuration's kubeConfigFile). When set, the admission listener accepts only connections with a
+    /// client certificate signed by it, so nobody else can send it AdmissionReviews. Reloaded on change.
+    #[arg(long, env = "AGENTID_WEBHOOK_CLIENT_CA_FILE")]
+    pub webhook_client_ca_file: Option<PathBuf>,
+    /// Groups whose members may lower or remove a namespace's agentid.dev/enforcement label
+    /// (comma-separated). Everyone else may only raise it; a ValidatingAdmissionPolicy enforces this.
+    #[arg(long, env = "AGENTID_ENFORCEMENT_ADMIN_GROUPS", value_delimiter = ',', default_value = "system:masters")]
+    pub enforcement_admin_groups: Vec<String>,
+    /// Do not install the policy that guards the enforcement label (anyone who may edit a namespace may
+    /// then switch its admission off).
+    #[arg(long, env = "AGENTID_NO_ENFORCEMENT_GUARD")]
+    pub no_enforcement_guard: bool,
 }
 
 impl RunArgs {
@@ -125,6 +140,9 @@ impl RunArgs {
             scope,
             only_namespace: self.watch_namespace.clone(),
             timeout_seconds: 5,
+            enforcement_admins: (!self.no_enforcement_guard).then(|| {
+                self.enforcement_admin_groups.iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect()
+            }),
         }))
     }
 
@@ -253,7 +271,7 @@ pub async fn start_webhook(
     client: Client,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
-) -> Result<webhook::Listening> {
+) -> Result<server::Listening> {
     // Admission judges workloads in every watched namespace, so it caches their AgentIdentities.
     let agents_api: Api<AgentIdentity> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -278,12 +296,13 @@ pub async fn start_webhook(
     });
     store.wait_until_ready().await.map_err(|e| Error::Config(format!("AgentIdentity cache: {e}")))?;
 
-    let state = Arc::new(WebhookState {
-        agents: Arc::new(StoreDirectory(store)),
-        reviewer: Arc::new(webhook::SubjectAccessReviewer(client.clone())),
-        exceptions: RwLock::new(load_exceptions(&args.exceptions_file)?),
+    let state = Arc::new(WebhookState::new(
+        Arc::new(StoreDirectory(store)),
+        Arc::new(webhook::SubjectAccessReviewer(client.clone())),
+        Arc::new(webhook::ApiServiceAccounts(client.clone())),
+        load_exceptions(&args.exceptions_file)?,
         metrics,
-    });
+    ));
     if let Some(path) = args.exceptions_file.clone() {
         let state = state.clone();
         tokio::spawn(async move {
@@ -319,19 +338,18 @@ pub async fn start_webhook(
             "--tls-cert-file needs --ca-bundle-file to register the webhook (or --no-webhook-registration when something else keeps the caBundle)".into(),
         ));
     }
+    let broker =
+        Arc::new(webhook::tokens::Broker::new(client.clone(), args.token_audience.clone(), state.metrics.clone()));
     let cfg = ServeConfig {
         addr: args.webhook_addr,
-        broker: None,
+        extra: vec![ExtraListener { name: "broker", addr: args.broker_addr, app: webhook::tokens::router(broker) }],
         certs: args.cert_source(),
+        client_ca: args.webhook_client_ca_file.clone(),
         registration: args.registration()?,
         self_check_name,
         reload_interval,
+        limits: Limits::default(),
+        metrics: Some(state.metrics.clone()),
     };
-    let broker = Arc::new(webhook::tokens::Broker {
-        client: client.clone(),
-        audience: args.token_audience.clone(),
-        metrics: state.metrics.clone(),
-    });
-    let cfg = ServeConfig { broker: Some((args.broker_addr, webhook::tokens::router(broker))), ..cfg };
-    webhook::serve(client, webhook::router(state), cfg, ready).await
+    server::serve(client, webhook::router(state), cfg, ready).await
 }

@@ -10,6 +10,9 @@ use crate::api::{AgentIdentity, AgentTask};
 /// Why a token request is refused, with its HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerRefusal {
+    /// 400: the request names no valid task (checked before any API call).
+    #[error("{0}")]
+    BadRequest(String),
     /// 401: no valid credential.
     #[error("{0}")]
     Unauthenticated(String),
@@ -22,27 +25,92 @@ pub enum BrokerRefusal {
     /// 409: the task exists but is not Active.
     #[error("{0}")]
     NotActive(String),
+    /// 429: this peer asked for too many token reviews; try again later.
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl BrokerRefusal {
     pub fn http_status(&self) -> u16 {
         match self {
+            BrokerRefusal::BadRequest(_) => 400,
             BrokerRefusal::Unauthenticated(_) => 401,
             BrokerRefusal::Forbidden(_) => 403,
             BrokerRefusal::NotFound(_) => 404,
             BrokerRefusal::NotActive(_) => 409,
+            BrokerRefusal::TooManyRequests(_) => 429,
         }
     }
 
     /// Low-cardinality label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
+            BrokerRefusal::BadRequest(_) => "bad_request",
             BrokerRefusal::Unauthenticated(_) => "unauthenticated",
             BrokerRefusal::Forbidden(_) => "forbidden",
             BrokerRefusal::NotFound(_) => "not_found",
             BrokerRefusal::NotActive(_) => "not_active",
+            BrokerRefusal::TooManyRequests(_) => "rate_limited",
         }
     }
+}
+
+/// Whether `s` is an RFC 1123 label (a namespace name).
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Whether `s` is a DNS subdomain (an object name).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// The task a request path names, checked before anything else: a namespace that is an RFC 1123 label
+/// and a name that is a DNS subdomain. Anything else (`..`, `?`, `/`, upper case, percent-decoded
+/// characters) is a 400, so no such string ever reaches an apiserver URL.
+pub fn task_path(namespace: &str, name: &str) -> Result<(), BrokerRefusal> {
+    if !is_dns_label(namespace) {
+        return Err(BrokerRefusal::BadRequest("the namespace in the path is not a valid namespace name".into()));
+    }
+    if !is_dns_subdomain(name) {
+        return Err(BrokerRefusal::BadRequest("the task in the path is not a valid AgentTask name".into()));
+    }
+    Ok(())
+}
+
+/// Whether a bearer token has the shape of a Kubernetes ServiceAccount token (a JWS in compact
+/// serialization: three base64url parts, a JSON header with an `alg`). Anything else is refused
+/// without asking the apiserver, so garbage costs no TokenReview.
+pub fn looks_like_jwt(token: &str) -> bool {
+    use base64::Engine;
+    if token.len() > 16 * 1024 {
+        return false;
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let b64url = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    if !(b64url(header) && b64url(payload) && b64url(signature)) {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else { return false };
+    serde_json::from_slice::<serde_json::Value>(&decoded)
+        .ok()
+        .is_some_and(|h| h.get("alg").and_then(|a| a.as_str()).is_some_and(|a| !a.is_empty() && a != "none"))
+}
+
+/// The refusal for a caller that is not in the task's namespace: the same whether or not the task
+/// exists, so the broker is no oracle for other namespaces' tasks.
+pub fn foreign_caller(username: &str, namespace: &str, name: &str) -> Option<BrokerRefusal> {
+    (caller_namespace(username) != Some(namespace))
+        .then(|| BrokerRefusal::Forbidden(format!("{username} may not have tokens of AgentTask {namespace}/{name}")))
 }
 
 /// The bearer token of an `Authorization` header value.
@@ -119,6 +187,61 @@ mod tests {
         )
         .unwrap();
         (task, agent)
+    }
+
+    #[test]
+    fn task_paths_are_validated_before_any_api_call() {
+        assert_eq!(task_path("agents", "t1"), Ok(()));
+        assert_eq!(task_path("agents", "triage.v2"), Ok(()));
+        for (ns, name) in [
+            ("agents", "tx?dryRun=All"),
+            ("agents", "../secrets"),
+            ("agents", "a/b"),
+            ("agents", "UPPER"),
+            ("agents", ""),
+            ("agents", "-x"),
+            ("a.b", "t"),
+            ("", "t"),
+            ("agents", &"x".repeat(254)),
+            (&"n".repeat(64), "t"),
+        ] {
+            assert_eq!(task_path(ns, name).unwrap_err().http_status(), 400, "{ns}/{name}");
+        }
+    }
+
+    #[test]
+    fn only_jwt_shaped_bearers_reach_a_token_review() {
+        use base64::Engine;
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!("{}.{}.c2ln", enc(r#"{"alg":"RS256","kid":"k"}"#), enc(r#"{"sub":"x"}"#));
+        assert!(looks_like_jwt(&jwt));
+        for bad in [
+            "garbage".to_string(),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            format!("{}.{}.", enc(r#"{"alg":"RS256"}"#), enc("{}")),
+            format!("{}.{}.c2ln", enc(r#"{"alg":"none"}"#), enc("{}")),
+            format!("{}.{}.c2ln", enc(r#"{"typ":"JWT"}"#), enc("{}")),
+            format!("{}.{}.c2ln", enc("not json"), enc("{}")),
+            format!("{}.e30.c2l+", enc(r#"{"alg":"RS256"}"#)),
+            format!("{}.{}.c2ln", enc(r#"{"alg":"RS256"}"#), "x".repeat(20_000)),
+        ] {
+            assert!(!looks_like_jwt(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn callers_from_other_namespaces_learn_nothing_about_tasks() {
+        let a = foreign_caller("system:serviceaccount:other:agent-x", "agents", "exists").unwrap();
+        let b = foreign_caller("system:serviceaccount:other:agent-x", "agents", "missing").unwrap();
+        assert_eq!(a.http_status(), 403);
+        assert_eq!(
+            a.to_string().replace("exists", "T"),
+            b.to_string().replace("missing", "T"),
+            "same answer whether or not the task exists"
+        );
+        assert!(foreign_caller("system:serviceaccount:agents:agent-x", "agents", "t").is_none());
+        assert!(foreign_caller("alice", "agents", "t").is_some());
     }
 
     #[test]

@@ -9,5 +9,6 @@ pub mod grant;
 pub mod identity;
 pub mod lease;
 pub mod names;
+pub mod ratelimit;
 pub mod status;
 pub mod task;

@@ -182,8 +182,7 @@ pub fn decide(task: &AgentTask, agent: Option<&AgentIdentity>, issued: Option<Ti
         return decision(TaskPhase::Revoked, reason::AGENT_SUSPENDED, message);
     }
     let sa = agent.service_account_name();
-    let in_place = agent.status.as_ref().and_then(|s| s.service_account_name.as_deref()) == Some(sa.as_str());
-    if !in_place {
+    if !agent.service_account_in_place() {
         let message = format!(
             "the ServiceAccount {sa} of AgentIdentity {agent_name} is not in place yet (see the agent's Ready condition)"
         );

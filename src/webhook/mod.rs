@@ -1,12 +1,9 @@
 //! The HTTPS admission endpoint: an axum router over the pure admission core,
 //! served with rustls. Every replica serves (no leader needed).
 
-pub mod tls;
 pub mod tokens;
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,7 +12,6 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
 };
@@ -23,24 +19,25 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::api::{AgentIdentity, FIELD_MANAGER, ToolGrant};
 use crate::core::admission::exceptions::ExceptionSet;
 use crate::core::admission::grants::{self, GrantReview};
+use crate::core::admission::identities::{self, ObjectReview};
 use crate::core::admission::registration::{self, Registration};
 use crate::core::admission::review::{self, Judgement};
 use crate::core::admission::review::{AdmissionRequest, AdmissionResponse, ResponseStatus, UserInfo};
 use crate::core::admission::rules::{AgentDirectory, AgentInfo};
 use crate::core::admission::verdict::{Enforcement, Verdict};
-use crate::error::{Error, Result};
+use crate::core::ratelimit::TokenBucket;
+use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::probes::Readiness;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PostParams;
-use tls::{CertSource, TlsMaterial};
 
 /// Largest AdmissionReview body accepted: an object and its old version, each up to the apiserver's 3 MiB.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -83,19 +80,76 @@ impl AccessReviewer for SubjectAccessReviewer {
     }
 }
 
+/// Answers "does this ServiceAccount exist?" (a GET in production).
+pub trait ServiceAccountLookup: Send + Sync {
+    fn exists<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, String>>;
+}
+
+/// [`ServiceAccountLookup`] against the apiserver.
+pub struct ApiServiceAccounts(pub Client);
+
+impl ServiceAccountLookup for ApiServiceAccounts {
+    fn exists<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let api: Api<ServiceAccount> = Api::namespaced(self.0.clone(), namespace);
+            api.get_metadata_opt(name).await.map(|sa| sa.is_some()).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// SubjectAccessReviews agentid may ask of the apiserver, across all admission requests: a steady rate
+/// and a burst (one ToolGrant may need up to [`grants::MAX_CHECKS`]).
+pub const ACCESS_CHECKS_PER_SECOND: f64 = 100.0;
+pub const ACCESS_CHECKS_BURST: u32 = 400;
+
 /// Shared state of the admission handlers.
 pub struct WebhookState {
     pub agents: Arc<dyn AgentDirectory + Send + Sync>,
     pub reviewer: Arc<dyn AccessReviewer>,
+    pub service_accounts: Arc<dyn ServiceAccountLookup>,
     pub exceptions: RwLock<ExceptionSet>,
     pub metrics: Arc<Metrics>,
+    /// The budget of SubjectAccessReviews ([`ACCESS_CHECKS_PER_SECOND`], [`ACCESS_CHECKS_BURST`]).
+    pub access_checks: Mutex<TokenBucket>,
 }
+
+impl WebhookState {
+    pub fn new(
+        agents: Arc<dyn AgentDirectory + Send + Sync>,
+        reviewer: Arc<dyn AccessReviewer>,
+        service_accounts: Arc<dyn ServiceAccountLookup>,
+        exceptions: ExceptionSet,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        WebhookState {
+            agents,
+            reviewer,
+            service_accounts,
+            exceptions: RwLock::new(exceptions),
+            metrics,
+            access_checks: Mutex::new(TokenBucket::new(ACCESS_CHECKS_PER_SECOND, ACCESS_CHECKS_BURST)),
+        }
+    }
+
+    /// Takes `n` SubjectAccessReviews from the budget; `false` when the budget is spent.
+    fn budget(&self, n: usize, what: &'static str) -> bool {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let ok = self.access_checks.lock().unwrap_or_else(|p| p.into_inner()).try_take(n, std::time::Instant::now());
+        if !ok {
+            self.metrics.access_check_throttled(what);
+        }
+        ok
+    }
+}
+
+const THROTTLED: &str = "agentid is asking the apiserver for too many access checks right now; try again in a moment";
 
 /// The admission routes (no TLS here, so tests can drive it with `oneshot`).
 pub fn router(state: Arc<WebhookState>) -> Router {
     Router::new()
         .route("/validate/workloads/{mode}", post(validate_workloads))
         .route(registration::TOOLGRANT_PATH, post(validate_toolgrants))
+        .route(registration::OBJECTS_PATH, post(validate_objects))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -118,6 +172,18 @@ async fn validate_workloads(Path(mode): Path<String>, State(s): State<Arc<Webhoo
     // Running as an agent needs `use` on it: one SubjectAccessReview, only for agent workloads.
     let use_denied = match review::agent_use_check(&req, s.agents.as_ref()) {
         None => None,
+        Some(_) if !s.budget(1, "agent_use") => {
+            let response = match mode {
+                Enforcement::Enforce => deny(&req.uid, 429, THROTTLED.into()),
+                _ => AdmissionResponse {
+                    uid: req.uid.clone(),
+                    allowed: true,
+                    warnings: vec![format!("[agentid] {THROTTLED}")],
+                    ..Default::default()
+                },
+            };
+            return axum::Json(review::respond(response)).into_response();
+        }
         Some(check) => match s.reviewer.allowed(&req.user_info, &check.attributes()).await {
             Ok(true) => None,
             Ok(false) => Some(check.agent),
@@ -196,6 +262,9 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
         GrantReview::Refuse(e) => return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {e}")),
         GrantReview::Check { namespace, checks } => (namespace, checks),
     };
+    if !s.budget(checks.len(), "toolgrant") {
+        return deny(&req.uid, 429, THROTTLED.into());
+    }
     let user = &req.user_info;
     let pending: Vec<BoxFuture<'_, Result<bool, String>>> =
         checks.iter().map(|c| s.reviewer.allowed(user, &c.attributes)).collect();
@@ -223,13 +292,76 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
     }
 }
 
+/// The check of AgentIdentities, AgentTasks and agentid status writes ([`identities`]).
+async fn validate_objects(State(s): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let req = match review::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.admission_bad_request("objects");
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        }
+    };
+    let response = judge_object(&s, &req).await;
+    s.metrics.admission_reviewed("objects", if response.allowed { "allow" } else { "deny" }, 0.0);
+    if !response.allowed {
+        info!(kind = %req.kind.kind, namespace = ?req.namespace, name = ?req.name, user = %req.user_info.username, "agentid object refused");
+    }
+    axum::Json(review::respond(response)).into_response()
+}
+
+async fn judge_object(s: &WebhookState, req: &AdmissionRequest) -> AdmissionResponse {
+    let allow = AdmissionResponse { uid: req.uid.clone(), allowed: true, ..Default::default() };
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let identity = match (req.kind.kind.as_str(), req.sub_resource.as_deref(), &req.object) {
+        ("AgentIdentity", None, Some(o)) => match serde_json::from_value::<AgentIdentity>(o.clone()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let e = crate::core::admission::workload::redact(&e.to_string());
+                return deny(&req.uid, 400, format!("agentid could not read this AgentIdentity: {e}"));
+            }
+        },
+        _ => None,
+    };
+    let review = identities::review_request(
+        &req.user_info,
+        &req.operation,
+        &req.kind.kind,
+        req.sub_resource.as_deref(),
+        &namespace,
+        identity.as_ref(),
+        s.agents.as_ref(),
+    );
+    let (namespace, service_account) = match review {
+        ObjectReview::Allow => return allow,
+        ObjectReview::Refuse(e) => return deny(&req.uid, 403, format!("[agentid/agent-objects] {e}")),
+        ObjectReview::CheckServiceAccount { namespace, service_account } => (namespace, service_account),
+    };
+    match s.service_accounts.exists(&namespace, &service_account).await {
+        Ok(exists) => match identities::judge_service_account(&namespace, &service_account, exists) {
+            Ok(()) => allow,
+            Err(e) => deny(&req.uid, 403, format!("[agentid/agent-objects] {e}")),
+        },
+        Err(e) => {
+            warn!(error = %e, "ServiceAccount lookup failed");
+            deny(
+                &req.uid,
+                500,
+                format!("agentid could not check ServiceAccount {namespace}/{service_account} ({e}); try again"),
+            )
+        }
+    }
+}
+
 /// Metrics and the audit trail of one decision. Messages name rules and paths, never values.
 fn record(metrics: &Metrics, mode: Enforcement, user: &str, j: &Judgement, took: Duration) {
     metrics.admission_reviewed(mode.as_str(), j.verdict.as_str(), took.as_secs_f64());
     let Some((kind, namespace, name)) = &j.subject else { return };
-    for v in &j.violations {
+    for (i, v) in j.violations.iter().enumerate() {
         metrics.admission_violation(mode.as_str(), v.rule.as_str());
-        if mode == Enforcement::Audit {
+        if mode == Enforcement::Audit && i == review::MAX_LISTED {
+            info!(target: "agentid::audit", mode = %mode, kind, namespace, name, user, more = j.violations.len() - i, "further admission violations not logged (audit: allowed)");
+        }
+        if mode == Enforcement::Audit && i < review::MAX_LISTED {
             info!(target: "agentid::audit", mode = %mode, rule = %v.rule, kind, namespace, name, path = %v.path, user, "admission violation (audit: allowed)");
         }
     }
@@ -254,24 +386,24 @@ impl AgentDirectory for StoreDirectory {
         self.0
             .state()
             .iter()
-            .find(|a| a.metadata.namespace.as_deref() == Some(namespace) && a.service_account_name() == service_account)
+            .find(|a| {
+                a.metadata.namespace.as_deref() == Some(namespace)
+                    && a.service_account_name() == service_account
+                    && a.service_account_in_place()
+            })
             .and_then(|a| a.metadata.name.clone())
     }
-}
 
-/// How the HTTPS endpoint is served and registered.
-pub struct ServeConfig {
-    pub addr: SocketAddr,
-    /// A second TLS listener with its own routes (the task-token broker), kept apart so that network
-    /// policy can let agents reach the broker without reaching the admission endpoints.
-    pub broker: Option<(SocketAddr, Router)>,
-    pub certs: CertSource,
-    /// Registration of the ValidatingWebhookConfiguration; `None` leaves it to someone else.
-    pub registration: Option<Registration>,
-    /// Host name (or IP) the self-check connects with; must be in the certificate.
-    pub self_check_name: String,
-    /// How often certificates are looked at again.
-    pub reload_interval: Duration,
+    fn claimants_of_service_account(&self, namespace: &str, service_account: &str) -> Vec<String> {
+        self.0
+            .state()
+            .iter()
+            .filter(|a| {
+                a.metadata.namespace.as_deref() == Some(namespace) && a.service_account_name() == service_account
+            })
+            .filter_map(|a| a.metadata.name.clone())
+            .collect()
+    }
 }
 
 /// Applies the ValidatingWebhookConfiguration with the current CA bundle.
@@ -284,102 +416,13 @@ pub async fn register(client: &Client, reg: &Registration) -> Result<()> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     Api::<ValidatingAdmissionPolicy>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&policy)).await?;
     Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&binding)).await?;
+    if let Some((policy, binding)) = registration::enforcement_guard_policy(reg) {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        Api::<ValidatingAdmissionPolicy>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&policy)).await?;
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&binding)).await?;
+    }
     info!(name = %reg.name, "webhook configuration registered");
     Ok(())
-}
-
-/// Serves the router over TLS until the process ends: loads the certificate,
-/// starts listening, proves TLS works (then marks the webhook ready), registers
-/// the webhook, and reloads renewed certificates without a restart.
-/// Where the servers listen.
-#[derive(Debug, Clone, Copy)]
-pub struct Listening {
-    pub webhook: SocketAddr,
-    pub broker: Option<SocketAddr>,
-}
-
-pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc<Readiness>) -> Result<Listening> {
-    let material = cfg.certs.load(&client).await?;
-    let rustls = RustlsConfig::from_pem(material.cert_pem.clone(), material.key_pem.clone())
-        .await
-        .map_err(|e| Error::Tls(e.to_string()))?;
-    let listener = std::net::TcpListener::bind(cfg.addr)?;
-    let addr = listener.local_addr()?;
-    let server = axum_server::from_tcp_rustls(listener, rustls.clone())?;
-    tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
-            error!(error = %e, "webhook server stopped");
-        }
-    });
-    let mut broker_addr = None;
-    if let Some((broker_bind, broker_app)) = cfg.broker.take() {
-        let listener = std::net::TcpListener::bind(broker_bind)?;
-        broker_addr = Some(listener.local_addr()?);
-        let server = axum_server::from_tcp_rustls(listener, rustls.clone())?;
-        tokio::spawn(async move {
-            if let Err(e) = server.serve(broker_app.into_make_service()).await {
-                error!(error = %e, "token broker stopped");
-            }
-        });
-        info!(addr = ?broker_addr, "serving the task-token broker over TLS");
-    }
-    info!(%addr, "serving admission webhook over TLS");
-
-    if let Some(ca) = &material.ca_pem {
-        let mut last = None;
-        for _ in 0..50 {
-            match tls::self_check(addr, ca, &cfg.self_check_name).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if let Some(e) = last {
-            return Err(Error::Tls(format!("webhook does not serve TLS as expected: {e}")));
-        }
-    }
-    if let (Some(reg), Some(ca)) = (cfg.registration.as_mut(), &material.ca_pem) {
-        reg.ca_bundle = ca.clone();
-        register(&client, reg).await?;
-    }
-    ready.webhook.store(true, Ordering::Release);
-
-    tokio::spawn(reload_loop(client, cfg, rustls, material));
-    Ok(Listening { webhook: addr, broker: broker_addr })
-}
-
-async fn reload_loop(client: Client, mut cfg: ServeConfig, rustls: RustlsConfig, mut current: TlsMaterial) {
-    loop {
-        tokio::time::sleep(cfg.reload_interval).await;
-        let fresh = match cfg.certs.load(&client).await {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "could not load the webhook certificate; keeping the current one");
-                continue;
-            }
-        };
-        if fresh == current {
-            continue;
-        }
-        if let Err(e) = rustls.reload_from_pem(fresh.cert_pem.clone(), fresh.key_pem.clone()).await {
-            warn!(error = %e, "could not reload the webhook certificate; keeping the current one");
-            continue;
-        }
-        info!(not_after = ?fresh.not_after, "webhook certificate reloaded");
-        if fresh.ca_pem != current.ca_pem
-            && let (Some(reg), Some(ca)) = (cfg.registration.as_mut(), &fresh.ca_pem)
-        {
-            reg.ca_bundle = ca.clone();
-            if let Err(e) = register(&client, reg).await {
-                warn!(error = %e, "could not update the webhook caBundle");
-                continue;
-            }
-        }
-        current = fresh;
-    }
 }
 
 #[cfg(test)]
@@ -444,15 +487,94 @@ mod tests {
         assert!(r["status"]["message"].as_str().unwrap().contains("agents can never create or change ToolGrants"));
     }
 
+    /// Only the ServiceAccount `web` exists.
+    struct FakeServiceAccounts;
+    impl ServiceAccountLookup for FakeServiceAccounts {
+        fn exists<'a>(&'a self, _: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+            Box::pin(async move { Ok(name == "web") })
+        }
+    }
+
+    fn state() -> WebhookState {
+        WebhookState::new(
+            Arc::new(directory()),
+            Arc::new(FakeReviewer),
+            Arc::new(FakeServiceAccounts),
+            ExceptionSet::default(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
     fn app() -> (Router, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(WebhookState {
-            agents: Arc::new(directory()),
-            reviewer: Arc::new(FakeReviewer),
-            exceptions: RwLock::new(ExceptionSet::default()),
-            metrics: metrics.clone(),
-        });
+        let state = Arc::new(state());
+        let metrics = state.metrics.clone();
         (router(state), metrics)
+    }
+
+    fn object_review(user: &str, kind: &str, sub: Option<&str>, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "o1", "kind": {"group": "agentid.dev", "version": "v1alpha1", "kind": kind}, "subResource": sub,
+                "namespace": "agents", "operation": "CREATE", "userInfo": {"username": user}, "object": object}}))
+        .unwrap()
+    }
+
+    async fn object_verdict(user: &str, kind: &str, sub: Option<&str>, object: Value) -> Value {
+        let (app, _) = app();
+        let (status, body) = post(app, registration::OBJECTS_PATH, object_review(user, kind, sub, object)).await;
+        assert_eq!(status, StatusCode::OK);
+        serde_json::from_slice::<Value>(&body).unwrap()["response"].clone()
+    }
+
+    fn identity(name: &str, sa: Option<&str>) -> Value {
+        let mut spec = json!({"owner": "t", "audiences": ["x"]});
+        if let Some(sa) = sa {
+            spec["serviceAccountName"] = json!(sa);
+        }
+        json!({"apiVersion": "agentid.dev/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": name, "namespace": "agents"}, "spec": spec})
+    }
+
+    #[tokio::test]
+    async fn agents_cannot_write_their_identity_tasks_or_grant_status() {
+        let agent = "system:serviceaccount:agents:agent-bot";
+        let task = json!({"apiVersion": "agentid.dev/v1alpha1", "kind": "AgentTask", "metadata": {"name": "t", "namespace": "agents"},
+            "spec": {"agentRef": {"name": "bot"}, "purpose": "p", "audiences": ["x"], "ttl": "10m"}});
+        for (kind, sub, obj) in [
+            ("AgentTask", None, task.clone()),
+            ("AgentIdentity", None, identity("bot", None)),
+            ("ToolGrant", Some("status"), json!({})),
+        ] {
+            let r = object_verdict(agent, kind, sub, obj).await;
+            assert_eq!(r["allowed"], false, "{kind}");
+            assert!(r["status"]["message"].as_str().unwrap().contains("agents can never create or change"), "{r}");
+        }
+        assert_eq!(object_verdict("alice", "AgentTask", None, task).await["allowed"], true);
+    }
+
+    #[tokio::test]
+    async fn identities_may_not_name_a_service_account_in_use() {
+        let r = object_verdict("alice", "AgentIdentity", None, identity("squatter", Some("agent-bot"))).await;
+        assert_eq!(r["allowed"], false);
+        assert!(r["status"]["message"].as_str().unwrap().contains("already named by AgentIdentity \"bot\""), "{r}");
+        let r = object_verdict("alice", "AgentIdentity", None, identity("grabber", Some("web"))).await;
+        assert_eq!(r["allowed"], false);
+        assert!(r["status"]["message"].as_str().unwrap().contains("ServiceAccount agents/web already exists"), "{r}");
+        assert_eq!(object_verdict("alice", "AgentIdentity", None, identity("fresh", None)).await["allowed"], true);
+    }
+
+    #[tokio::test]
+    async fn access_checks_have_a_budget() {
+        let state = state();
+        *state.access_checks.lock().unwrap() = TokenBucket::new(0.0, 3);
+        let state = Arc::new(state);
+        let app = router(state.clone());
+        // Two permissions: two checks. The second grant finds one check left and is refused untried.
+        let (_, body) = post(app.clone(), "/validate/toolgrants", grant_review("alice", r#"["get","list"]"#)).await;
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["response"]["allowed"], true);
+        let (_, body) = post(app, "/validate/toolgrants", grant_review("alice", r#"["get","list"]"#)).await;
+        let r = serde_json::from_slice::<Value>(&body).unwrap()["response"].clone();
+        assert_eq!(r["allowed"], false);
+        assert_eq!(r["status"]["code"], 429);
+        assert!(state.metrics.encode().contains("agentid_access_checks_throttled_total{reason=\"toolgrant\"} 1"));
     }
 
     async fn post(app: Router, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {

@@ -6,10 +6,13 @@
 //! anchor Secret and audiences. Tokens are never stored, logged or put into
 //! status; the log records a short SHA-256 fingerprint instead.
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -24,14 +27,37 @@ use tracing::{info, warn};
 
 use crate::api::{AgentIdentity, AgentTask, TaskPhase};
 use crate::core::broker::{self, BrokerRefusal};
+use crate::core::ratelimit::{ExpiringSet, KeyedBuckets};
 use crate::core::task;
 use crate::metrics::Metrics;
+
+/// TokenReviews one peer address may cause: a steady rate and a burst.
+pub const REVIEWS_PER_PEER_PER_SECOND: f64 = 5.0;
+pub const REVIEWS_PER_PEER_BURST: u32 = 20;
+/// How long a token the apiserver refused is refused again without asking.
+pub const REFUSED_TOKEN_TTL: Duration = Duration::from_secs(10);
 
 pub struct Broker {
     pub client: Client,
     /// Audience the callers' own tokens must carry.
     pub audience: String,
     pub metrics: Arc<Metrics>,
+    /// TokenReviews per peer address.
+    reviews: Mutex<KeyedBuckets<IpAddr>>,
+    /// SHA-256 of tokens the apiserver refused lately.
+    refused: Mutex<ExpiringSet<[u8; 32]>>,
+}
+
+impl Broker {
+    pub fn new(client: Client, audience: String, metrics: Arc<Metrics>) -> Self {
+        Broker {
+            client,
+            audience,
+            metrics,
+            reviews: Mutex::new(KeyedBuckets::new(REVIEWS_PER_PEER_PER_SECOND, REVIEWS_PER_PEER_BURST, 65_536)),
+            refused: Mutex::new(ExpiringSet::new(REFUSED_TOKEN_TTL, 65_536)),
+        }
+    }
 }
 
 pub fn router(broker: Arc<Broker>) -> Router {
@@ -58,19 +84,28 @@ fn refuse(r: BrokerRefusal) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     res
 }
 
 async fn issue(
     Path((namespace, name)): Path<(String, String)>,
     State(b): State<Arc<Broker>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
-    match mint(&b, &namespace, &name, &headers).await {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match mint(&b, &namespace, &name, &headers, peer).await {
         Ok(res) => res,
         Err(Failure::Refused(r)) => {
             b.metrics.token_refused(r.label());
-            info!(namespace, task = %name, reason = r.label(), "task token refused");
+            // The path of a 400 is not echoed: it may be anything.
+            match &r {
+                BrokerRefusal::BadRequest(_) => info!(reason = r.label(), "task token refused"),
+                _ => info!(namespace, task = %name, reason = r.label(), "task token refused"),
+            }
             refuse(r)
         }
         Err(Failure::Api(e)) => {
@@ -102,8 +137,44 @@ impl From<kube::Error> for Failure {
     }
 }
 
-async fn mint(b: &Broker, namespace: &str, name: &str, headers: &HeaderMap) -> Result<Response, Failure> {
+async fn mint(
+    b: &Broker,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<Response, Failure> {
+    broker::task_path(namespace, name)?;
     let bearer = broker::bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))?;
+    let username = review_token(b, bearer, peer).await?;
+    if let Some(refusal) = broker::foreign_caller(&username, namespace, name) {
+        return Err(refusal.into());
+    }
+    issue_for(b, namespace, name, &username).await
+}
+
+/// The user an agent's own token authenticates, through a TokenReview — only for JWT-shaped tokens not
+/// refused lately, within the peer's budget of reviews.
+async fn review_token(b: &Broker, bearer: &str, peer: Option<IpAddr>) -> Result<String, Failure> {
+    let invalid =
+        || BrokerRefusal::Unauthenticated("the token is not valid (expired, revoked or not a Kubernetes token)".into());
+    if !broker::looks_like_jwt(bearer) {
+        return Err(invalid().into());
+    }
+    let hash: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+    let now = std::time::Instant::now();
+    if b.refused.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash, now) {
+        return Err(invalid().into());
+    }
+    if let Some(ip) = peer
+        && !b.reviews.lock().unwrap_or_else(|p| p.into_inner()).try_take(&ip, now)
+    {
+        b.metrics.access_check_throttled("token_review");
+        return Err(BrokerRefusal::TooManyRequests(
+            "too many token requests from this address; try again in a moment".into(),
+        )
+        .into());
+    }
     let review = TokenReview {
         metadata: Default::default(),
         spec: TokenReviewSpec { token: bearer.to_string(), audiences: Some(vec![b.audience.clone()]) },
@@ -111,15 +182,19 @@ async fn mint(b: &Broker, namespace: &str, name: &str, headers: &HeaderMap) -> R
     };
     let reviewed = Api::<TokenReview>::all(b.client.clone()).create(&PostParams::default(), &review).await?;
     let status = reviewed.status.unwrap_or_default();
-    let username = broker::authenticated_user(&status, &b.audience)?.to_string();
+    match broker::authenticated_user(&status, &b.audience) {
+        Ok(user) => Ok(user.to_string()),
+        Err(r) => {
+            b.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, std::time::Instant::now());
+            Err(r.into())
+        }
+    }
+}
 
+async fn issue_for(b: &Broker, namespace: &str, name: &str, username: &str) -> Result<Response, Failure> {
+    // Callers from other namespaces were refused before: "not found" is said only within the namespace.
     let Some(task) = Api::<AgentTask>::namespaced(b.client.clone(), namespace).get_opt(name).await? else {
-        // Say "not found" only to callers from that namespace.
-        return Err(if broker::caller_namespace(&username) == Some(namespace) {
-            BrokerRefusal::NotFound(format!("no AgentTask {namespace}/{name}")).into()
-        } else {
-            BrokerRefusal::Forbidden(format!("{username} may not have tokens of AgentTask {namespace}/{name}")).into()
-        });
+        return Err(BrokerRefusal::NotFound(format!("no AgentTask {namespace}/{name}")).into());
     };
     let agent = Api::<AgentIdentity>::namespaced(b.client.clone(), namespace)
         .get_opt(&task.spec.agent_ref.name)
@@ -127,7 +202,7 @@ async fn mint(b: &Broker, namespace: &str, name: &str, headers: &HeaderMap) -> R
         .ok_or_else(|| {
             BrokerRefusal::Forbidden(format!("{username} may not have tokens of AgentTask {namespace}/{name}"))
         })?;
-    broker::authorize(&username, &task, &agent)?;
+    broker::authorize(username, &task, &agent)?;
     let anchor: Secret = Api::<Secret>::namespaced(b.client.clone(), namespace)
         .get_opt(&task::anchor_name(name))
         .await?
@@ -162,6 +237,74 @@ async fn mint(b: &Broker, namespace: &str, name: &str, headers: &HeaderMap) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use base64::Engine;
+    use tower::ServiceExt;
+
+    /// A broker whose apiserver does not exist: any request that reaches the API answers 503.
+    fn broker() -> Arc<Broker> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        Arc::new(Broker::new(Client::try_from(config).unwrap(), "agentid".into(), Arc::new(Metrics::default())))
+    }
+
+    async fn call(b: &Arc<Broker>, path: &str, bearer: &str, peer: &str) -> (StatusCode, String) {
+        let mut req =
+            Request::post(path).header("authorization", format!("Bearer {bearer}")).body(Body::empty()).unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let res = router(b.clone()).oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn jwt(n: u32) -> String {
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.c2ln", enc(r#"{"alg":"RS256"}"#), enc(&format!(r#"{{"n":{n}}}"#)))
+    }
+
+    #[tokio::test]
+    async fn bad_paths_are_refused_before_any_api_call() {
+        let b = broker();
+        // `tx%3FdryRun%3DAll` decodes to `tx?dryRun=All`: a 400, never an apiserver URL.
+        let (status, body) = call(&b, "/v1/tasks/agents/tx%3FdryRun%3DAll/token", &jwt(1), "127.0.0.1:9").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(!body.contains("dryRun"), "the path is not echoed: {body}");
+        let (status, _) = call(&b, "/v1/tasks/Agents/t/token", &jwt(1), "127.0.0.1:9").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn garbage_bearers_cost_no_token_review() {
+        let b = broker();
+        for bad in ["garbage", "a.b.c", "x"] {
+            let (status, _) = call(&b, "/v1/tasks/agents/t/token", bad, "127.0.0.1:9").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}: refused locally (a review would have been a 503)");
+        }
+    }
+
+    #[tokio::test]
+    async fn token_reviews_are_rate_limited_per_peer() {
+        let b = broker();
+        let mut statuses = Vec::new();
+        for n in 0..REVIEWS_PER_PEER_BURST + 5 {
+            statuses.push(call(&b, "/v1/tasks/agents/t/token", &jwt(n), "127.0.0.2:9").await.0);
+        }
+        // The first ones reach the (absent) apiserver; past the burst the peer is told to slow down.
+        assert_eq!(statuses[0], StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(*statuses.last().unwrap(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count()
+                <= REVIEWS_PER_PEER_BURST as usize + 1
+        );
+        // Another peer has its own budget.
+        assert_eq!(
+            call(&b, "/v1/tasks/agents/t/token", &jwt(99), "127.0.0.3:9").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 
     #[test]
     fn fingerprints_are_short_and_stable_and_not_the_token() {

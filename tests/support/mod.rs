@@ -134,6 +134,19 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
     serde_norway::from_str(yaml).expect("test fixture YAML")
 }
 
+/// The CA of the client certificate the local control plane's apiserver presents to webhooks
+/// (`e2e/cluster.sh` writes it next to the kubeconfig), so the test webhook accepts only the apiserver.
+pub fn webhook_client_ca() -> Option<std::path::PathBuf> {
+    let kubeconfig = std::env::var_os("KUBECONFIG").expect("KUBECONFIG");
+    let path = std::path::Path::new(&kubeconfig).parent().unwrap().join("pki/webhook-client-ca.crt");
+    assert!(
+        path.exists(),
+        "{} is missing: the local control plane of e2e/cluster.sh presents a client certificate to webhooks (restart it)",
+        path.display()
+    );
+    Some(path)
+}
+
 /// An HTTPS server of the operator (webhook + token broker), in-process, scoped to
 /// namespaces labeled `agentid.dev/test-scope=<scope>`, registered with a `url:` client config.
 pub struct Webhook {
@@ -144,6 +157,8 @@ pub struct Webhook {
     pub operator_ns: String,
     /// The task-token broker's address.
     pub addr: std::net::SocketAddr,
+    /// The admission endpoint's address (the apiserver's client certificate required).
+    pub webhook_addr: std::net::SocketAddr,
 }
 
 impl Webhook {
@@ -173,14 +188,25 @@ impl Webhook {
             ca_bundle_file: None,
             exceptions_file: None,
             token_audience: "agentid".into(),
+            webhook_client_ca_file: webhook_client_ca(),
+            enforcement_admin_groups: vec!["system:masters".into()],
+            no_enforcement_guard: false,
         };
         let metrics = Arc::new(Metrics::default());
         let ready = Arc::new(Readiness::default());
         let listening =
             start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await.expect("webhook starts");
-        let addr = listening.broker.expect("the broker listens");
+        let addr = listening.of("broker").expect("the broker listens");
         assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
-        let w = Webhook { client: client.clone(), name, scope: scope.to_string(), metrics, operator_ns, addr };
+        let w = Webhook {
+            client: client.clone(),
+            name,
+            scope: scope.to_string(),
+            metrics,
+            operator_ns,
+            addr,
+            webhook_addr: listening.webhook,
+        };
         w.label(&w.operator_ns.clone(), Some("enforce")).await;
         w
     }
@@ -204,15 +230,16 @@ impl Webhook {
         use k8s_openapi::api::admissionregistration::v1::{
             ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
         };
-        let policy = format!("{}-enforcement-label", self.name);
-        Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
-            .delete(&policy, &DeleteParams::default())
-            .await
-            .unwrap();
-        Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
-            .delete(&policy, &DeleteParams::default())
-            .await
-            .unwrap();
+        for policy in [format!("{}-enforcement-label", self.name), format!("{}-enforcement-guard", self.name)] {
+            Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+                .delete(&policy, &DeleteParams::default())
+                .await
+                .unwrap();
+            Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+                .delete(&policy, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
     }
 }
 

@@ -9,8 +9,9 @@ use k8s_openapi::api::authorization::v1::ResourceAttributes;
 use super::review::UserInfo;
 use crate::api::ToolGrant;
 
-/// Most access checks one grant may need; a broader grant must be split.
-pub const MAX_CHECKS: usize = 512;
+/// Most access checks (SubjectAccessReviews) one grant may need; a broader grant must be split. This
+/// also bounds the work one admission request can make agentid ask of the apiserver.
+pub const MAX_CHECKS: usize = 64;
 
 /// One permission the requester must hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,6 +226,14 @@ mod tests {
         );
         let wide = "[{apiGroups: [a,b,c,d,e,f,g,h], resources: [a,b,c,d,e,f,g,h], verbs: [a,b,c,d,e,f,g,h,i]}]";
         assert_eq!(access_checks(&grant(wide), "agents"), Err(GrantRefusal::TooBroad));
+    }
+
+    #[test]
+    fn one_grant_causes_at_most_64_access_checks() {
+        let verbs = |n: usize| (0..n).map(|i| format!("v{i}")).collect::<Vec<_>>().join(",");
+        let rule = |n: usize| format!("[{{apiGroups: [''], resources: [configmaps], verbs: [{}]}}]", verbs(n));
+        assert_eq!(access_checks(&grant(&rule(64)), "agents").unwrap().len(), 64);
+        assert_eq!(access_checks(&grant(&rule(65)), "agents"), Err(GrantRefusal::TooBroad));
     }
 
     #[test]

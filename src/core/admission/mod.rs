@@ -6,10 +6,13 @@
 //! - [`workload`]: finding the pod spec inside Pods and workload templates.
 //! - [`exceptions`]: time-boxed exceptions granted by the platform team.
 //! - [`verdict`]: enforcement modes and the final verdict.
+//! - [`grants`]: ToolGrants carry only what their author holds; [`identities`]: agents never write
+//!   agentid's objects, and an AgentIdentity names no ServiceAccount in use.
 
 pub mod detectors;
 pub mod exceptions;
 pub mod grants;
+pub mod identities;
 pub mod offline;
 pub mod registration;
 pub mod review;

@@ -8,7 +8,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MatchResources, NamedRuleWithOperations, RuleWithOperations, ServiceReference,
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
-    ValidatingAdmissionPolicySpec, ValidatingWebhook, ValidatingWebhookConfiguration, Validation, WebhookClientConfig,
+    ValidatingAdmissionPolicySpec, ValidatingWebhook, ValidatingWebhookConfiguration, Validation, Variable,
+    WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 
@@ -43,10 +44,15 @@ pub struct Registration {
     /// Judge only this namespace (a namespace-scoped install).
     pub only_namespace: Option<String>,
     pub timeout_seconds: i32,
+    /// Groups whose members may lower or remove a namespace's enforcement label; `None` installs no
+    /// such guard (see [`enforcement_guard_policy`]).
+    pub enforcement_admins: Option<Vec<String>>,
 }
 
 /// Path of the ToolGrant escalation check.
 pub const TOOLGRANT_PATH: &str = "/validate/toolgrants";
+/// Path of the check of AgentIdentities, AgentTasks and agentid status writes.
+pub const OBJECTS_PATH: &str = "/validate/agentid-objects";
 
 /// Path of the workload webhook for a mode.
 pub fn path(mode: Enforcement) -> String {
@@ -126,6 +132,29 @@ fn toolgrant_webhook(reg: &Registration) -> ValidatingWebhook {
     }
 }
 
+/// AgentIdentities, AgentTasks and the status of every agentid kind: agents never write them, and an
+/// AgentIdentity names no ServiceAccount in use ([`super::identities`]). Fails closed like the ToolGrant check.
+fn objects_webhook(reg: &Registration) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: "objects.agentid.dev".into(),
+        client_config: client_config(reg, OBJECTS_PATH.to_string()),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![crate::api::GROUP.to_string()]),
+            api_versions: Some(vec!["*".to_string()]),
+            operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+            resources: Some(vec![
+                "agentidentities".into(),
+                "agentidentities/status".into(),
+                "agenttasks".into(),
+                "agenttasks/status".into(),
+                "toolgrants/status".into(),
+            ]),
+            scope: Some("Namespaced".into()),
+        }]),
+        ..toolgrant_webhook(reg)
+    }
+}
+
 pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
     let mut webhooks: Vec<ValidatingWebhook> = Enforcement::ALL
         .into_iter()
@@ -167,7 +196,7 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
                 object_selector: None,
                 match_conditions: Some(match_conditions),
                 rules: Some(vec![
-                    rule("", &["pods"], &["CREATE", "UPDATE"]),
+                    rule("", &["pods", "replicationcontrollers"], &["CREATE", "UPDATE"]),
                     rule("", &["pods/ephemeralcontainers"], &["UPDATE"]),
                     rule("apps", &["deployments", "replicasets", "statefulsets", "daemonsets"], &["CREATE", "UPDATE"]),
                     rule("batch", &["jobs", "cronjobs"], &["CREATE", "UPDATE"]),
@@ -178,6 +207,7 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
         })
         .collect();
     webhooks.push(toolgrant_webhook(reg));
+    webhooks.push(objects_webhook(reg));
     ValidatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some(reg.name.clone()),
@@ -235,6 +265,76 @@ pub fn enforcement_label_policy(reg: &Registration) -> (ValidatingAdmissionPolic
     (policy, binding)
 }
 
+/// The ValidatingAdmissionPolicy (and binding) that lets only members of `admins` lower or remove a
+/// namespace's enforcement label (enforce > warn > audit > none): otherwise anyone who may edit a
+/// namespace could switch its admission off. Raising the mode stays open to every namespace editor.
+/// `None` when the registration asks for no guard.
+pub fn enforcement_guard_policy(
+    reg: &Registration,
+) -> Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    let admins = reg.enforcement_admins.as_ref()?;
+    let name = format!("{}-enforcement-guard", reg.name);
+    let labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())]));
+    let mode_of = |obj: &str| {
+        format!(
+            "has({obj}.metadata.labels) && '{ENFORCEMENT_LABEL}' in {obj}.metadata.labels ? {obj}.metadata.labels['{ENFORCEMENT_LABEL}'] : ''"
+        )
+    };
+    let rank = |var: &str| {
+        format!(
+            "variables.{var} == 'enforce' ? 3 : (variables.{var} == 'warn' ? 2 : (variables.{var} == 'audit' ? 1 : 0))"
+        )
+    };
+    let quoted: Vec<String> =
+        admins.iter().map(|g| format!("'{}'", g.replace('\\', "\\\\").replace('\'', "\\'"))).collect();
+    let variable = |name: &str, expression: String| Variable { name: name.into(), expression };
+    let policy = ValidatingAdmissionPolicy {
+        metadata: ObjectMeta { name: Some(name.clone()), labels: labels.clone(), ..Default::default() },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec![String::new()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["UPDATE".into()]),
+                    resources: Some(vec!["namespaces".into()]),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            variables: Some(vec![
+                variable("oldMode", mode_of("oldObject")),
+                variable("newMode", mode_of("object")),
+                variable("oldRank", rank("oldMode")),
+                variable("newRank", rank("newMode")),
+            ]),
+            validations: Some(vec![Validation {
+                expression: format!(
+                    "variables.newRank >= variables.oldRank || (has(request.userInfo.groups) && request.userInfo.groups.exists(g, g in [{}]))",
+                    quoted.join(", ")
+                ),
+                message_expression: Some(format!(
+                    "'lowering or removing the label {ENFORCEMENT_LABEL} (from ' + variables.oldMode + ') is reserved to the groups {}: ask the platform team'",
+                    admins.join(", ").replace('\'', "")
+                )),
+                reason: Some("Forbidden".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let binding = ValidatingAdmissionPolicyBinding {
+        metadata: ObjectMeta { name: Some(name.clone()), labels, ..Default::default() },
+        spec: ValidatingAdmissionPolicyBindingSpec {
+            policy_name: name,
+            validation_actions: vec!["Deny".into()],
+            ..Default::default()
+        },
+    };
+    Some((policy, binding))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +349,7 @@ mod tests {
             scope: None,
             only_namespace: None,
             timeout_seconds: 5,
+            enforcement_admins: Some(vec!["system:masters".into(), "platform".into()]),
         }
     }
 
@@ -256,7 +357,14 @@ mod tests {
     fn one_webhook_per_mode_scoped_by_label_and_never_system_namespaces() {
         let vwc = desired(&reg(Endpoint::Url("https://127.0.0.1:8443/".into())));
         let hooks = vwc.webhooks.unwrap();
-        assert_eq!(hooks.len(), 4);
+        assert_eq!(hooks.len(), 5);
+        let objects = &hooks[4];
+        assert_eq!(objects.name, "objects.agentid.dev");
+        assert_eq!(objects.failure_policy.as_deref(), Some("Fail"));
+        let res = objects.rules.as_ref().unwrap()[0].resources.clone().unwrap();
+        for r in ["agentidentities", "agentidentities/status", "agenttasks", "agenttasks/status", "toolgrants/status"] {
+            assert!(res.contains(&r.to_string()), "{r}");
+        }
         let grants = &hooks[3];
         assert_eq!(grants.name, "toolgrants.agentid.dev");
         assert_eq!(grants.failure_policy.as_deref(), Some("Fail"));
@@ -281,6 +389,7 @@ mod tests {
             hooks[0].rules.as_ref().unwrap().iter().flat_map(|r| r.resources.clone().unwrap()).collect();
         for r in [
             "pods",
+            "replicationcontrollers",
             "pods/ephemeralcontainers",
             "deployments",
             "replicasets",
@@ -303,5 +412,17 @@ mod tests {
         assert_eq!(svc.path.as_deref(), Some("/validate/workloads/warn"));
         assert!(hook.client_config.url.is_none());
         assert_eq!(hook.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["agentid.dev/test"], "a");
+    }
+
+    #[test]
+    fn the_enforcement_guard_names_its_admin_groups() {
+        let r = reg(Endpoint::Url("https://127.0.0.1:8443".into()));
+        let (policy, binding) = enforcement_guard_policy(&r).unwrap();
+        let spec = policy.spec.unwrap();
+        let v = &spec.validations.unwrap()[0];
+        assert!(v.expression.contains("g in ['system:masters', 'platform']"), "{}", v.expression);
+        assert_eq!(spec.variables.unwrap().len(), 4);
+        assert_eq!(binding.spec.policy_name, "agentid-enforcement-guard");
+        assert!(enforcement_guard_policy(&Registration { enforcement_admins: None, ..r }).is_none());
     }
 }

@@ -2,6 +2,8 @@
 //! that turns one into the other. The webhook's HTTP handler only parses,
 //! calls [`judge`], records and serializes.
 
+use std::fmt::Write as _;
+
 use k8s_openapi::api::authorization::v1::ResourceAttributes;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -136,10 +138,29 @@ fn allow(uid: &str) -> AdmissionResponse {
     AdmissionResponse { uid: uid.to_string(), allowed: true, status: None, warnings: Vec::new() }
 }
 
-/// Whether `user` is one of the cluster's own controllers (ReplicaSet, Job, CronJob, StatefulSet,
-/// DaemonSet), which create pods from templates whose author was already checked.
+/// The kube-controller-manager controllers that create pods (or the objects that create pods) from a
+/// template: ReplicaSets, ReplicationControllers, StatefulSets, DaemonSets, Jobs, CronJobs and
+/// Deployments. Every kind they work from is judged itself when a user writes it (its template
+/// included, with the `use` check), so what they create needs no second `use` check. Any other
+/// ServiceAccount of kube-system is not exempt: it would let whoever runs a workload there start agents.
+pub const POD_CREATING_CONTROLLERS: [&str; 7] = [
+    "replicaset-controller",
+    "replication-controller",
+    "statefulset-controller",
+    "daemon-set-controller",
+    "job-controller",
+    "cronjob-controller",
+    "deployment-controller",
+];
+
+/// Whether `user` is one of the cluster's own controllers that create pods from templates whose author
+/// was already checked: kube-controller-manager itself, or one of [`POD_CREATING_CONTROLLERS`] (with
+/// `--use-service-account-credentials`).
 pub fn is_system_controller(user: &str) -> bool {
-    user == "system:kube-controller-manager" || user.starts_with("system:serviceaccount:kube-system:")
+    user == "system:kube-controller-manager"
+        || user
+            .strip_prefix("system:serviceaccount:kube-system:")
+            .is_some_and(|sa| POD_CREATING_CONTROLLERS.contains(&sa))
 }
 
 /// The `use` permission a request needs: who must be allowed to run which agent.
@@ -268,9 +289,7 @@ pub fn judge_with(
     let verdict = decide(mode, violations.len());
     let response = match verdict {
         Verdict::Allow => allow(&req.uid),
-        Verdict::Warn => {
-            AdmissionResponse { warnings: violations.iter().map(|v| v.message.clone()).collect(), ..allow(&req.uid) }
-        }
+        Verdict::Warn => AdmissionResponse { warnings: warnings(&violations), ..allow(&req.uid) },
         Verdict::Deny => AdmissionResponse {
             uid: req.uid.clone(),
             allowed: false,
@@ -291,9 +310,24 @@ pub fn judge_with(
     }
 }
 
-/// The text the apiserver shows after `admission webhook "..." denied the request: `.
+/// Most violations listed in one denial or as warnings; the rest are counted. A pod with tens of
+/// thousands of containers must not produce a response of megabytes.
+pub const MAX_LISTED: usize = 50;
+
+/// One warning per violation, at most [`MAX_LISTED`], then one that counts the rest.
+pub fn warnings(violations: &[Violation]) -> Vec<String> {
+    let mut out: Vec<String> = violations.iter().take(MAX_LISTED).map(|v| v.message.clone()).collect();
+    if violations.len() > MAX_LISTED {
+        out.push(format!("[agentid] and {} more violation(s) not listed", violations.len() - MAX_LISTED));
+    }
+    out
+}
+
+/// The text the apiserver shows after `admission webhook "..." denied the request: `: every rule
+/// broken, and the first [`MAX_LISTED`] violations.
 pub fn deny_message(w: &Workload, violations: &[Violation]) -> String {
     let mut rules: Vec<&str> = violations.iter().map(|v| v.rule.as_str()).collect();
+    rules.sort_unstable();
     rules.dedup();
     let mut out = format!(
         "{} {}/{} breaks {} agentid rule(s) ({}):",
@@ -303,9 +337,12 @@ pub fn deny_message(w: &Workload, violations: &[Violation]) -> String {
         violations.len(),
         rules.join(", ")
     );
-    for v in violations {
+    for v in violations.iter().take(MAX_LISTED) {
         out.push('\n');
         out.push_str(&v.message);
+    }
+    if violations.len() > MAX_LISTED {
+        let _ = write!(out, "\n… and {} more not listed", violations.len() - MAX_LISTED);
     }
     out
 }
@@ -473,5 +510,70 @@ mod tests {
         assert_eq!(v["response"]["allowed"], false);
         assert_eq!(v["response"]["status"]["code"], 403);
         assert!(v.get("request").is_none());
+    }
+
+    #[test]
+    fn only_the_pod_creating_controllers_of_kube_system_are_exempt_from_the_use_check() {
+        assert!(is_system_controller("system:kube-controller-manager"));
+        assert!(is_system_controller("system:serviceaccount:kube-system:replication-controller"));
+        assert!(is_system_controller("system:serviceaccount:kube-system:replicaset-controller"));
+        for not_exempt in [
+            "system:serviceaccount:kube-system:default",
+            "system:serviceaccount:kube-system:coredns",
+            "system:serviceaccount:kube-system:replication-controller-x",
+            "system:serviceaccount:other:replication-controller",
+        ] {
+            assert!(!is_system_controller(not_exempt), "{not_exempt}");
+        }
+        let dir = bot_directory();
+        let req = agent_pod_review("system:serviceaccount:kube-system:default", "CREATE", None);
+        assert!(agent_use_check(&req, &dir).is_some());
+    }
+
+    #[test]
+    fn replication_controllers_are_judged_and_need_use_on_their_agent() {
+        let rc = json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "rc", "namespace": "agents"},
+            "spec": {"replicas": 1, "template": {"metadata": {"labels": {"agentid.dev/agent": "bot"}},
+                "spec": {"serviceAccountName": "agent-bot", "automountServiceAccountToken": false,
+                    "containers": [{"name": "c", "image": "x", "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}}});
+        let body = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "namespace": "agents", "operation": "CREATE", "userInfo": {"username": "mallory"}, "object": rc}}))
+        .unwrap();
+        let req = parse(&body).unwrap();
+        let dir = bot_directory();
+        assert_eq!(
+            agent_use_check(&req, &dir),
+            Some(AgentUseCheck { namespace: "agents".into(), agent: "bot".into() })
+        );
+        let j = judge_with(&req, Enforcement::Enforce, &dir, &ExceptionSet::default(), now(), Some("bot"));
+        assert!(!j.response.allowed);
+        let msg = j.response.status.unwrap().message;
+        assert!(msg.starts_with("ReplicationController agents/rc breaks 2 agentid rule(s)"), "{msg}");
+        assert!(
+            msg.contains("[agentid/agent-use-denied]") && msg.contains("spec.template.spec.containers[0].env[0]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_pod_with_sixty_thousand_containers_gets_a_short_denial() {
+        let containers: Vec<Value> = (0..60_000)
+            .map(|i| json!({"name": format!("c{i}"), "image": "x", "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}))
+            .collect();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "agents"},
+            "spec": {"serviceAccountName": "web", "containers": containers}});
+        let body = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "namespace": "agents", "operation": "CREATE", "userInfo": {"username": "dev"}, "object": pod}}))
+        .unwrap();
+        let j = run(&body, Enforcement::Enforce);
+        assert_eq!(j.violations.len(), 60_000);
+        let msg = j.response.status.clone().unwrap().message;
+        assert!(msg.len() < 64 * 1024, "{} bytes", msg.len());
+        assert_eq!(msg.lines().count(), 1 + MAX_LISTED + 1);
+        assert!(msg.ends_with("… and 59950 more not listed"), "{}", &msg[msg.len() - 60..]);
+        assert!(msg.starts_with("Pod agents/p breaks 60000 agentid rule(s) (static-secret-env):"));
+        let w = run(&body, Enforcement::Warn).response.warnings;
+        assert_eq!(w.len(), MAX_LISTED + 1);
+        assert_eq!(w[MAX_LISTED], "[agentid] and 59950 more violation(s) not listed");
     }
 }

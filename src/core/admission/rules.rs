@@ -129,6 +129,10 @@ pub struct AgentInfo {
     pub service_account: String,
     pub suspended: bool,
     pub token_ttl_secs: u64,
+    /// Whether agentid confirmed the ServiceAccount is the agent's own
+    /// ([`AgentIdentity::service_account_in_place`]). An agent whose ServiceAccount is not in place is
+    /// treated as unknown: naming another agent's (or anyone's) ServiceAccount gains nothing.
+    pub in_place: bool,
 }
 
 impl AgentInfo {
@@ -138,6 +142,7 @@ impl AgentInfo {
             owner: a.spec.owner.clone(),
             service_account: a.service_account_name(),
             suspended: a.spec.suspended,
+            in_place: a.service_account_in_place(),
             token_ttl_secs: duration::parse(&a.spec.token_ttl).map(|d| d.as_secs()).unwrap_or(MAX_TOKEN_TTL_SECS),
         }
     }
@@ -147,15 +152,19 @@ impl AgentInfo {
 pub trait AgentDirectory {
     /// The AgentIdentity `name` in `namespace`.
     fn agent(&self, namespace: &str, name: &str) -> Option<AgentInfo>;
-    /// The name of the agent whose dedicated ServiceAccount is `service_account` in `namespace`.
+    /// The name of the agent whose dedicated ServiceAccount is `service_account` in `namespace`: only
+    /// an agent whose ServiceAccount is in place owns it.
     fn agent_of_service_account(&self, namespace: &str, service_account: &str) -> Option<String>;
+    /// Every AgentIdentity in `namespace` that names `service_account`, in place or not.
+    fn claimants_of_service_account(&self, namespace: &str, service_account: &str) -> Vec<String>;
 }
 
-/// An [`AgentDirectory`] over a fixed set of AgentIdentities.
+/// An [`AgentDirectory`] over a fixed set of AgentIdentities. Used offline (`agentid check`), where
+/// the manifests describe agents that do not exist yet: their ServiceAccounts count as in place.
 #[derive(Debug, Default, Clone)]
 pub struct StaticDirectory {
     agents: HashMap<(String, String), AgentInfo>,
-    by_sa: HashMap<(String, String), String>,
+    by_sa: HashMap<(String, String), Vec<String>>,
 }
 
 impl StaticDirectory {
@@ -163,8 +172,21 @@ impl StaticDirectory {
         let mut d = StaticDirectory::default();
         for a in identities {
             let ns = a.metadata.namespace.clone().unwrap_or_else(|| default_namespace.to_string());
+            let info = AgentInfo { in_place: true, ..AgentInfo::from_identity(a) };
+            d.by_sa.entry((ns.clone(), info.service_account.clone())).or_default().push(info.name.clone());
+            d.agents.insert((ns, info.name.clone()), info);
+        }
+        d
+    }
+
+    /// Like [`StaticDirectory::new`], but with each agent's ServiceAccount in place only if its status
+    /// says so, as in a live cluster (tests of the webhook use this).
+    pub fn live<'a>(identities: impl IntoIterator<Item = &'a AgentIdentity>) -> Self {
+        let mut d = StaticDirectory::default();
+        for a in identities {
+            let ns = a.metadata.namespace.clone().unwrap_or_default();
             let info = AgentInfo::from_identity(a);
-            d.by_sa.insert((ns.clone(), info.service_account.clone()), info.name.clone());
+            d.by_sa.entry((ns.clone(), info.service_account.clone())).or_default().push(info.name.clone());
             d.agents.insert((ns, info.name.clone()), info);
         }
         d
@@ -176,7 +198,12 @@ impl AgentDirectory for StaticDirectory {
         self.agents.get(&(namespace.to_string(), name.to_string())).cloned()
     }
     fn agent_of_service_account(&self, namespace: &str, service_account: &str) -> Option<String> {
-        self.by_sa.get(&(namespace.to_string(), service_account.to_string())).cloned()
+        self.claimants_of_service_account(namespace, service_account)
+            .into_iter()
+            .find(|name| self.agent(namespace, name).is_some_and(|a| a.in_place))
+    }
+    fn claimants_of_service_account(&self, namespace: &str, service_account: &str) -> Vec<String> {
+        self.by_sa.get(&(namespace.to_string(), service_account.to_string())).cloned().unwrap_or_default()
     }
 }
 
@@ -365,6 +392,17 @@ fn agent_rules(r: &mut Report<'_>, pod: &PodSpec, ns: &str, agent_name: &str, sa
             let what = format!("names agent {agent_name:?}, which is suspended (spec.suspended: true)");
             let fix =
                 format!("ask the agent's owner ({}) to lift the suspension; suspended agents may not run", a.owner);
+            r.add_at(RuleId::UnknownAgent, &label_path, &what, &fix);
+        }
+        Some(a) if !a.in_place => {
+            let what = format!(
+                "names agent {agent_name:?}, whose ServiceAccount {:?} agentid has not confirmed as the agent's own",
+                a.service_account
+            );
+            let fix = format!(
+                "see the Ready condition of AgentIdentity {agent_name:?} (kubectl describe agentidentity {agent_name} -n {ns}); \
+                 a new agent is ready moments after it is created, one whose ServiceAccount belongs to someone else never is"
+            );
             r.add_at(RuleId::UnknownAgent, &label_path, &what, &fix);
         }
         Some(a) if sa != a.service_account => {
@@ -822,5 +860,45 @@ containers:
             "containers: [{name: app, image: x, env: [{name: K, valueFrom: {secretKeyRef: {name: prod-root, key: k}}}]}]",
         ));
         assert_eq!(rules_of(&new_violations(other, &after)), vec!["static-secret-env"]);
+    }
+
+    /// An AgentIdentity whose ServiceAccount agentid confirmed (status.serviceAccountName set), or not.
+    fn live_agent(name: &str, service_account: Option<&str>, in_place: bool) -> AgentIdentity {
+        let mut a = agent(name, false, "10m");
+        a.spec.service_account_name = service_account.map(str::to_string);
+        if in_place {
+            a.status = Some(crate::api::AgentIdentityStatus {
+                service_account_name: Some(a.service_account_name()),
+                ..Default::default()
+            });
+        }
+        a
+    }
+
+    #[test]
+    fn naming_another_agents_service_account_gains_nothing() {
+        // billing owns agent-billing; squatter names agent-billing (its status never confirms it);
+        // grabber names the ordinary ServiceAccount web.
+        let agents = [
+            live_agent("billing", None, true),
+            live_agent("squatter", Some("agent-billing"), false),
+            live_agent("grabber", Some("web"), false),
+        ];
+        let dir = StaticDirectory::live(agents.iter());
+        let squat = deployment("{agentid.dev/agent: squatter}", GOOD_AGENT);
+        let v = evaluate(&squat, &dir);
+        assert_eq!(rules_of(&v), vec!["unknown-agent"], "{v:?}");
+        assert!(v[0].message.contains("has not confirmed as the agent's own"), "{}", v[0].message);
+        // billing itself still runs on its own ServiceAccount.
+        assert_eq!(evaluate(&deployment("{agentid.dev/agent: billing}", GOOD_AGENT), &dir), vec![]);
+        // A plain workload on agent-billing is still refused as sharing billing's ServiceAccount...
+        let shared = deployment("{app: x}", "serviceAccountName: agent-billing\ncontainers: [{name: a, image: x}]");
+        let v = evaluate(&shared, &dir);
+        assert_eq!(rules_of(&v), vec!["shared-service-account"]);
+        assert!(v[0].message.contains("agent \"billing\""), "{}", v[0].message);
+        // ...but naming an ordinary ServiceAccount does not make its workloads refused.
+        let web = deployment("{app: web}", "serviceAccountName: web\ncontainers: [{name: a, image: x}]");
+        assert_eq!(evaluate(&web, &dir), vec![]);
+        assert_eq!(dir.claimants_of_service_account("agents", "agent-billing"), vec!["billing", "squatter"]);
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 /// A pod spec to judge and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
-    /// `Pod`, `Deployment`, `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job` or `CronJob`.
+    /// `Pod`, `ReplicationController`, `Deployment`, `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job` or `CronJob`.
     pub kind: String,
     pub namespace: Option<String>,
     /// `metadata.name`, or `metadata.generateName` when the name is not known yet.
@@ -37,6 +37,7 @@ pub enum WorkloadError {
 /// Kinds that carry a pod spec, with the API groups they are served from and where the spec sits.
 const WORKLOADS: &[(&str, &[&str], &str)] = &[
     ("Pod", &["v1"], "spec"),
+    ("ReplicationController", &["v1"], "spec.template.spec"),
     ("Deployment", &["apps/v1", "apps/v1beta1", "apps/v1beta2", "extensions/v1beta1"], "spec.template.spec"),
     ("ReplicaSet", &["apps/v1", "apps/v1beta2", "extensions/v1beta1"], "spec.template.spec"),
     ("StatefulSet", &["apps/v1", "apps/v1beta1", "apps/v1beta2"], "spec.template.spec"),
@@ -152,6 +153,10 @@ mod tests {
             ),
             (
                 json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "p"}, "spec": {"template": template}}),
+                "spec.template.spec",
+            ),
+            (
+                json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "p"}, "spec": {"template": template}}),
                 "spec.template.spec",
             ),
             (

@@ -235,8 +235,49 @@ impl CertSource {
     }
 }
 
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls configuration of a listener: the serving certificate, HTTP/2 and HTTP/1.1 by ALPN, and,
+/// with `client_ca_pem`, a client certificate signed by one of those CAs required on every connection
+/// (the apiserver's, for the admission endpoints).
+pub fn server_config(material: &TlsMaterial, client_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::PrivateKeyDer;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&material.cert_pem).collect::<Result<_, _>>().map_err(tls_err)?;
+    if certs.is_empty() {
+        return Err(Error::Tls("the serving certificate file holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&material.key_pem).map_err(tls_err)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem) {
+                roots.add(c.map_err(tls_err)?).map_err(tls_err)?;
+            }
+            if roots.is_empty() {
+                return Err(Error::Tls("the client CA bundle holds no certificate".into()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(tls_err)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(tls_err)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Proves the server really serves TLS with this CA: a TLS handshake and a
-/// `GET /healthz` on `addr`. Readiness waits for this.
+/// `GET /healthz` on `addr`. Readiness waits for this. A listener that requires client certificates
+/// (which the self-check does not have) proves itself by the verified handshake and by refusing
+/// the request for want of a certificate.
 pub async fn self_check(addr: std::net::SocketAddr, ca_pem: &[u8], server_name: &str) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
@@ -251,7 +292,11 @@ pub async fn self_check(addr: std::net::SocketAddr, ca_pem: &[u8], server_name: 
     tls.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut buf = Vec::new();
-    tls.read_to_end(&mut buf).await.ok();
+    if let Err(e) = tls.read_to_end(&mut buf).await
+        && e.to_string().contains("CertificateRequired")
+    {
+        return Ok(());
+    }
     if buf.starts_with(b"HTTP/1.1 200") {
         Ok(())
     } else {

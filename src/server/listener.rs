@@ -1,0 +1,287 @@
+//! One accept loop for every HTTPS listener agentid runs (admission, token broker, decision point):
+//! TLS with a reloadable configuration, and the limits that keep one misbehaving client from taking
+//! the listener down — a cap on connections overall and per peer address, a TLS handshake timeout,
+//! a header-read timeout (slowloris) and an idle timeout. `TCP_NODELAY` is set on every connection:
+//! answers are small and must not wait for delayed ACKs.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+/// Connection limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Open connections at most from one peer address.
+    pub max_connections_per_peer: usize,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a client has to send a request's headers (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_connections_per_peer: 128,
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// The TLS configuration a listener uses for new connections; replaced on certificate renewal.
+#[derive(Clone)]
+pub struct TlsHandle(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl TlsHandle {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        TlsHandle(Arc::new(RwLock::new(config)))
+    }
+
+    pub fn set(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Open connections per peer address.
+#[derive(Default)]
+struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
+
+struct PeerPermit {
+    counts: Arc<PeerCounts>,
+    ip: IpAddr,
+}
+
+impl PeerCounts {
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PeerPermit> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPermit { counts: self.clone(), ip })
+    }
+}
+
+impl Drop for PeerPermit {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One HTTPS listener.
+pub struct Listener {
+    /// `webhook`, `broker`, `pdp`: a metric label and a log field.
+    pub name: &'static str,
+    pub listener: TcpListener,
+    pub tls: TlsHandle,
+    pub app: Router,
+    pub limits: Limits,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl Listener {
+    /// Binds `addr` (from a std listener, so the port is known before serving).
+    pub fn bind(
+        name: &'static str,
+        addr: SocketAddr,
+        tls: TlsHandle,
+        app: Router,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
+        let std = std::net::TcpListener::bind(addr)?;
+        std.set_nonblocking(true)?;
+        Ok(Listener { name, listener: TcpListener::from_std(std)?, tls, app, limits, metrics: None })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the process ends.
+    pub async fn run(self) {
+        let Listener { name, listener, tls, app, limits, metrics } = self;
+        let global = Arc::new(Semaphore::new(limits.max_connections));
+        let peers = Arc::new(PeerCounts::default());
+        let refused = |reason: &'static str| {
+            if let Some(m) = &metrics {
+                m.connection_refused(name, reason);
+            }
+        };
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    warn!(listener = name, error = %e, "accept failed");
+                    refused("accept_error");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = global.clone().try_acquire_owned() else {
+                refused("max_connections");
+                continue;
+            };
+            let Some(peer_permit) = peers.try_acquire(peer.ip(), limits.max_connections_per_peer) else {
+                refused("max_connections_per_peer");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (tls, app, metrics) = (tls.clone(), app.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let reason = serve_connection(tcp, peer, tls, app, limits).await;
+                if let (Some(m), Some(r)) = (&metrics, reason) {
+                    m.connection_closed(name, r);
+                }
+                drop((permit, peer_permit));
+            });
+        }
+    }
+}
+
+/// Serves one connection; returns why it was cut short, if it was.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: TlsHandle,
+    app: Router,
+    limits: Limits,
+) -> Option<&'static str> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return Some("handshake_failed");
+        }
+        Err(_) => return Some("handshake_timeout"),
+    };
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(IdleIo { inner: stream, last: last.clone(), started });
+    let service = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    loop {
+        let now_ms = started.elapsed().as_millis() as u64;
+        let idle_for = Duration::from_millis(now_ms.saturating_sub(last.load(Ordering::Relaxed)));
+        let wait = limits.idle_timeout.saturating_sub(idle_for);
+        if wait.is_zero() {
+            return Some("idle_timeout");
+        }
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return None;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// An I/O stream that records when it last moved bytes.
+struct IdleIo<T> {
+    inner: T,
+    /// Milliseconds after `started` of the last read or write.
+    last: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl<T> IdleIo<T> {
+    fn touch(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,183 @@
+//! A bounded local flood against a real TLS listener serving the admission routes: idle TCP
+//! connections, TLS connections that never finish their headers (slowloris) and connections beyond the
+//! per-peer cap, all from 127.0.0.2, while the "apiserver" on 127.0.0.1 keeps getting its answers.
+//! Issue 12, item 4. Every loop here is bounded in count and time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
+use k8s_openapi::jiff::Timestamp;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use agentid::core::admission::exceptions::ExceptionSet;
+use agentid::core::admission::review::UserInfo;
+use agentid::core::admission::rules::StaticDirectory;
+use agentid::metrics::Metrics;
+use agentid::server::listener::{Limits, Listener, TlsHandle};
+use agentid::server::tls;
+use agentid::webhook::{AccessReviewer, ServiceAccountLookup, WebhookState, router};
+
+struct Nobody;
+impl AccessReviewer for Nobody {
+    fn allowed<'a>(&'a self, _: &'a UserInfo, _: &'a ResourceAttributes) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+impl ServiceAccountLookup for Nobody {
+    fn exists<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+const LIMITS: Limits = Limits {
+    max_connections: 96,
+    max_connections_per_peer: 24,
+    handshake_timeout: Duration::from_secs(1),
+    header_read_timeout: Duration::from_secs(1),
+    idle_timeout: Duration::from_secs(3),
+};
+
+async fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    socket.connect(addr).await
+}
+
+fn client_config(ca: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}
+
+/// One AdmissionReview of a pod with a static secret, on a fresh connection: the HTTP status and body.
+async fn review(addr: SocketAddr, ca: &[u8]) -> std::io::Result<(u16, String)> {
+    let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","namespace":"agents","operation":"CREATE","userInfo":{"username":"dev"},"object":{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"agents"},"spec":{"serviceAccountName":"web","containers":[{"name":"c","image":"x","env":[{"name":"K","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]}]}}}}"#;
+    let tcp = connect_from("127.0.0.1", addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(ca)).connect(name, tcp).await?;
+    let req = format!(
+        "POST /validate/workloads/enforce HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tls.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// Whether the server closes `stream` within `within` (a read sees EOF or an error).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_keeps_answering_through_a_connection_flood() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let now = Timestamp::now();
+    let (ca, ca_key) = tls::generate_ca(now).unwrap();
+    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
+    let material =
+        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(WebhookState::new(
+        Arc::new(StaticDirectory::default()),
+        Arc::new(Nobody),
+        Arc::new(Nobody),
+        ExceptionSet::default(),
+        metrics.clone(),
+    ));
+    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
+    let mut listener =
+        Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, router(state), LIMITS).unwrap();
+    listener.metrics = Some(metrics.clone());
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener.run());
+    let ca = ca.into_bytes();
+
+    // The flood: from 127.0.0.2, 60 connections that never start TLS (more than the per-peer cap); from
+    // 127.0.0.4, 20 that finish TLS but trickle their headers one byte per 300 ms (never finishing).
+    let mut raw = Vec::new();
+    for _ in 0..60 {
+        if let Ok(s) = connect_from("127.0.0.2", addr).await {
+            raw.push(s);
+        }
+    }
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let Ok(tcp) = connect_from("127.0.0.4", addr).await else { continue };
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        if let Ok(Ok(tls)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp),
+        )
+        .await
+        {
+            slow.push(tls);
+        }
+    }
+    let trickle = tokio::spawn(async move {
+        let mut cut = 0;
+        for round in 0..20 {
+            for s in slow.iter_mut() {
+                let byte = b"POST /validate/workloads/enforce HTTP/1.1\r\n"[round % 40];
+                let _ = s.write_all(&[byte]).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for s in slow.iter_mut() {
+            if closed_within(s, Duration::from_millis(200)).await {
+                cut += 1;
+            }
+        }
+        (slow.len(), cut)
+    });
+
+    // Meanwhile the apiserver's reviews are all answered, each on a new connection.
+    for i in 0..50 {
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(5), review(addr, &ca)).await.expect("answered in time").unwrap();
+        assert_eq!(status, 200, "review {i}: {body}");
+        assert!(body.contains(r#""allowed":false"#) && body.contains("static-secret-env"), "{body}");
+    }
+
+    // Connections past the per-peer cap were closed at once; those that never handshook, after 1 s.
+    let mut closed = 0;
+    for s in raw.iter_mut() {
+        if closed_within(s, Duration::from_secs(3)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, raw.len(), "every raw connection is closed (cap or handshake timeout)");
+    let (slow_opened, slow_cut) = trickle.await.unwrap();
+    assert_eq!(slow_opened, 20, "the slowloris connections were accepted");
+    assert_eq!(slow_cut, slow_opened, "slowloris connections are cut by the header-read timeout");
+    let m = metrics.encode();
+    assert!(
+        m.contains(r#"agentid_connections_refused_total{listener="webhook",reason="max_connections_per_peer"}"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"agentid_connections_cut_total{listener="webhook",reason="handshake_timeout"}"#), "{m}");
+
+    // An idle connection (TLS done, nothing sent) is closed after the idle timeout.
+    let tcp = connect_from("127.0.0.3", addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut idle = tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await.unwrap();
+    assert!(closed_within(&mut idle, LIMITS.idle_timeout + Duration::from_secs(3)).await, "idle connection closed");
+}
