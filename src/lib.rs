@@ -10,6 +10,7 @@ pub mod controller;
 pub mod core;
 pub mod error;
 pub mod metrics;
+pub mod pdp;
 pub mod probes;
 pub mod server;
 pub mod telemetry;

@@ -47,6 +47,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
     pub reason: String,
@@ -69,6 +75,8 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub connections_cut: Family<ListenerLabels, Counter>,
     pub access_checks_throttled: Family<ReasonLabels, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub decision_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -140,8 +148,22 @@ impl Default for Metrics {
             "Requests refused because they would exceed a budget of SubjectAccessReviews or TokenReviews, by reason",
             access_checks_throttled.clone(),
         );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions of the decision point, by decision (allow, deny, approval-required) and first reason",
+            decisions.clone(),
+        );
+        let decision_duration = Histogram::new(exponential_buckets(0.000_001, 2.0, 24));
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide one tool call (verification, decision, budgets, log)",
+            decision_duration.clone(),
+        );
         Self {
             registry,
+            decisions,
+            decision_duration,
             connections_refused,
             connections_cut,
             access_checks_throttled,
@@ -162,6 +184,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn decision(&self, decision: &str, reason: &str, seconds: f64) {
+        let labels = DecisionLabels { decision: decision.into(), reason: reason.into() };
+        self.decisions.get_or_create(&labels).inc();
+        self.decision_duration.observe(seconds);
+    }
+
     pub fn connection_refused(&self, listener: &str, reason: &str) {
         let labels = ListenerLabels { listener: listener.into(), reason: reason.into() };
         self.connections_refused.get_or_create(&labels).inc();

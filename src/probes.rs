@@ -18,12 +18,17 @@ pub struct Readiness {
     pub webhook: AtomicBool,
     /// Whether this replica serves the webhook at all (then readiness waits for it).
     pub webhook_enabled: AtomicBool,
+    /// The decision point has its state (watches listed, issuer keys loaded).
+    pub pdp: AtomicBool,
+    /// Whether this replica serves the decision point (then readiness waits for it).
+    pub pdp_enabled: AtomicBool,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.controllers.load(Ordering::Acquire)
             && (!self.webhook_enabled.load(Ordering::Acquire) || self.webhook.load(Ordering::Acquire))
+            && (!self.pdp_enabled.load(Ordering::Acquire) || self.pdp.load(Ordering::Acquire))
     }
 }
 

@@ -109,6 +109,17 @@ impl TaskPhase {
     }
 }
 
+/// One decision-point replica's share of a task's call limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct ReplicaUsage {
+    /// Calls claimed per budget key (the replica allows at most this many).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claimed: std::collections::BTreeMap<String, i64>,
+    /// Calls allowed per budget key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub used: std::collections::BTreeMap<String, i64>,
+}
+
 /// Observed state of an AgentTask. It never carries a token.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -132,6 +143,13 @@ pub struct AgentTaskStatus {
     /// Conditions: `Ready` (the task is Active and its anchor is in place).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+
+    /// Tool calls of the task as the decision point's replicas account for them, by replica: the slices of
+    /// the task's call limits each has claimed (`claimed`, never more in all than the limit) and the calls
+    /// it allowed (`used`, reported on a timer and when the task ends). Keys: `task` for
+    /// `sessionLimits.maxToolCalls`, `grant/<name>` for a grant's `limits.maxCallsPerSession`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub usage: std::collections::BTreeMap<String, ReplicaUsage>,
 
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

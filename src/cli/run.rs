@@ -18,6 +18,7 @@ use crate::core::admission::exceptions::ExceptionSet;
 use crate::core::admission::registration::{Endpoint, Registration};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::pdp;
 use crate::probes::{self, Readiness};
 use crate::server::listener::Limits;
 use crate::server::tls::{CertSource, Files, SelfManaged};
@@ -107,6 +108,30 @@ pub struct RunArgs {
     /// then switch its admission off).
     #[arg(long, env = "AGENTID_NO_ENFORCEMENT_GUARD")]
     pub no_enforcement_guard: bool,
+    /// Address of the HTTPS decision point (AuthZEN, forward-auth): gateways and agent frameworks ask it
+    /// before every tool call.
+    #[arg(long, env = "AGENTID_PDP_ADDR", default_value = "0.0.0.0:8445")]
+    pub pdp_addr: SocketAddr,
+    /// Audience an agent's own ServiceAccount token must carry to be accepted by the decision point
+    /// (task tokens carry their task's audiences instead).
+    #[arg(long, env = "AGENTID_PDP_AUDIENCE", default_value = "agentid-pdp")]
+    pub pdp_audience: String,
+    /// Sensitivity a tool call that states none is judged at.
+    #[arg(long, env = "AGENTID_PDP_DEFAULT_SENSITIVITY", default_value = "internal", value_parser = parse_sensitivity)]
+    pub pdp_default_sensitivity: crate::api::DataSensitivity,
+}
+
+fn parse_sensitivity(s: &str) -> std::result::Result<crate::api::DataSensitivity, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?}: expected public, internal, confidential or restricted"))
+}
+
+/// This replica's name: `--instance`, the pod name, the host name, or the process id.
+pub fn instance_name(args: &RunArgs) -> String {
+    args.instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("agentid-{}", std::process::id()))
 }
 
 impl RunArgs {
@@ -181,11 +206,7 @@ fn load_exceptions(path: &Option<PathBuf>) -> Result<ExceptionSet> {
 pub async fn run(args: RunArgs) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
-    let instance = args
-        .instance
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("agentid-{}", std::process::id()));
+    let instance = instance_name(&args);
     let config = OperatorConfig {
         trust_domain: args.trust_domain.clone(),
         instance,
@@ -265,6 +286,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The decision point's state, kept current by its own watches; ready (and the probe with it) once
+/// they have listed and the issuer's keys are loaded.
+pub fn start_pdp(args: &RunArgs, client: Client, metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Arc<pdp::PdpState> {
+    let replica = instance_name(args);
+    let config = pdp::PdpConfig {
+        audience: args.pdp_audience.clone(),
+        decide: crate::core::pdp::DecideConfig { default_sensitivity: args.pdp_default_sensitivity },
+        replica: replica.clone(),
+    };
+    let budgets = Arc::new(pdp::budget::Budgets::new(client.clone(), &replica));
+    tokio::spawn(budgets.clone().report_periodically(Duration::from_secs(5)));
+    let keys = Arc::new(pdp::keys::KeySource::new(client.clone()));
+    let state = Arc::new(pdp::PdpState::new(config, &args.trust_domain, keys, budgets, metrics));
+    ready.pdp_enabled.store(true, Ordering::Release);
+    let synced = pdp::watch::start(client, args.watch_namespace.clone(), state.clone());
+    tokio::spawn(async move {
+        synced.await;
+        info!("decision point ready");
+        ready.pdp.store(true, Ordering::Release);
+    });
+    state
+}
+
 /// Starts the agent cache, the exceptions reloader and the HTTPS admission endpoint.
 pub async fn start_webhook(
     args: &RunArgs,
@@ -340,9 +384,13 @@ pub async fn start_webhook(
     }
     let broker =
         Arc::new(webhook::tokens::Broker::new(client.clone(), args.token_audience.clone(), state.metrics.clone()));
+    let pdp = start_pdp(args, client.clone(), state.metrics.clone(), ready.clone());
     let cfg = ServeConfig {
         addr: args.webhook_addr,
-        extra: vec![ExtraListener { name: "broker", addr: args.broker_addr, app: webhook::tokens::router(broker) }],
+        extra: vec![
+            ExtraListener { name: "broker", addr: args.broker_addr, app: webhook::tokens::router(broker) },
+            ExtraListener { name: "pdp", addr: args.pdp_addr, app: pdp::http::router(pdp) },
+        ],
         certs: args.cert_source(),
         client_ca: args.webhook_client_ca_file.clone(),
         registration: args.registration()?,

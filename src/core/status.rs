@@ -4,13 +4,17 @@
 use serde::Serialize;
 use serde_json::Value;
 
-/// `{"status": new}`, with `null` for every top-level field `old` has and `new` lacks.
+/// `{"status": new}`, with `null` for every top-level field `old` has and `new` lacks, and without the
+/// fields `new` leaves as they were: a field someone else writes meanwhile (the decision point's task
+/// usage) is never overwritten with a stale copy.
 pub fn merge_patch<T: Serialize>(old: Option<&T>, new: &T) -> Value {
     let mut value = serde_json::to_value(new).unwrap_or_else(|_| Value::Object(Default::default()));
     if let (Some(Value::Object(old)), Value::Object(map)) = (old.and_then(|o| serde_json::to_value(o).ok()), &mut value)
     {
-        for key in old.keys() {
-            map.entry(key.clone()).or_insert(Value::Null);
+        let removed: Vec<String> = old.keys().filter(|k| !map.contains_key(*k)).cloned().collect();
+        map.retain(|key, v| old.get(key) != Some(v));
+        for key in removed {
+            map.insert(key, Value::Null);
         }
     }
     serde_json::json!({ "status": value })
@@ -32,7 +36,7 @@ mod tests {
         let p = merge_patch(Some(&old), &new);
         assert_eq!(p["status"]["serviceAccountName"], Value::Null);
         assert!(p["status"].as_object().unwrap().contains_key("serviceAccountName"));
-        assert_eq!(p["status"]["spiffeID"], "s");
+        assert!(p["status"].get("spiffeID").is_none(), "unchanged fields are not sent");
         assert_eq!(merge_patch(None, &new)["status"], serde_json::json!({"spiffeID": "s"}));
     }
 }

@@ -350,6 +350,8 @@ pub fn plan(
         anchor: active.then(|| anchor_name.clone()),
         conditions: conditions::merge(&previous.conditions, &[ready], generation, now),
         observed_generation: generation,
+        // Written by the decision point's replicas, never by the controller.
+        usage: previous.usage.clone(),
     };
     Ok(TaskPlan {
         phase: d.phase,

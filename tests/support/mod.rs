@@ -159,6 +159,8 @@ pub struct Webhook {
     pub addr: std::net::SocketAddr,
     /// The admission endpoint's address (the apiserver's client certificate required).
     pub webhook_addr: std::net::SocketAddr,
+    /// The decision point's address.
+    pub pdp_addr: std::net::SocketAddr,
 }
 
 impl Webhook {
@@ -191,6 +193,9 @@ impl Webhook {
             webhook_client_ca_file: webhook_client_ca(),
             enforcement_admin_groups: vec!["system:masters".into()],
             no_enforcement_guard: false,
+            pdp_addr: "127.0.0.1:0".parse().unwrap(),
+            pdp_audience: "agentid-pdp".into(),
+            pdp_default_sensitivity: agentid::api::DataSensitivity::Internal,
         };
         let metrics = Arc::new(Metrics::default());
         let ready = Arc::new(Readiness::default());
@@ -206,6 +211,7 @@ impl Webhook {
             operator_ns,
             addr,
             webhook_addr: listening.webhook,
+            pdp_addr: listening.of("pdp").expect("the decision point listens"),
         };
         w.label(&w.operator_ns.clone(), Some("enforce")).await;
         w
@@ -251,6 +257,39 @@ impl Webhook {
             .await
             .unwrap();
         s.data.unwrap()["ca.crt"].0.clone()
+    }
+
+    /// `method path` to `addr` over TLS (verified against the CA) with `headers` and `body`:
+    /// `(status, response headers and body)`.
+    pub async fn https(
+        &self,
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        use rustls_pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&self.ca_pem().await) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tls.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, text)
     }
 
     /// `POST path` over TLS (verified against the CA) with an optional bearer token: `(status, body)`.
@@ -343,4 +382,21 @@ where
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+/// A token of ServiceAccount `ns/sa` for `audience` (what a pod's projected token would be).
+pub async fn sa_token(client: &Client, ns: &str, sa: &str, audience: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let tr = TokenRequest {
+        metadata: Default::default(),
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.into()]),
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        }),
+        status: None,
+    };
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    api.create_token_request(sa, &PostParams::default(), &tr).await.unwrap().status.unwrap().token.unwrap()
 }

@@ -1,0 +1,294 @@
+//! The runtime decision point (PDP), the shell around [`crate::core::pdp`]: it keeps the snapshot of
+//! agents, grants and tasks current from watches, verifies callers' tokens locally against the
+//! issuer's keys, asks the pure core for the decision, keeps the counters (with cross-replica budgets
+//! for per-task limits, see [`budget`]) and writes one decision-log line per decision.
+//!
+//! Interfaces: [`http`] (OpenID AuthZEN, forward-auth for nginx / Traefik / Caddy / Envoy's HTTP
+//! ext_authz). Every replica serves them on their own TLS listener (`--pdp-addr`).
+
+pub mod budget;
+pub mod http;
+pub mod keys;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+use tracing::info;
+
+use crate::api::DataSensitivity;
+use crate::core::jwt;
+use crate::core::pdp::caller::{self, AccountEntry, AnchorEntry, Caller};
+use crate::core::pdp::{DecideConfig, Decision, DecisionRequest, MemoryUsage, Outcome, ReasonCode, Snapshot};
+use crate::metrics::Metrics;
+use budget::Budgets;
+use keys::KeySource;
+
+/// Settings of the decision point.
+#[derive(Debug, Clone)]
+pub struct PdpConfig {
+    /// Audience an agent's own ServiceAccount token must carry to be accepted here (task tokens carry their
+    /// task's audiences instead).
+    pub audience: String,
+    pub decide: DecideConfig,
+    /// This replica's name (budgets and decision logs).
+    pub replica: String,
+}
+
+/// What a caller asks, before identification.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Question {
+    /// The task named by the request (a task token names its own; the two must agree).
+    pub task: Option<String>,
+    pub tool: String,
+    pub action: String,
+    pub destination: Option<String>,
+    pub sensitivity: Option<DataSensitivity>,
+    pub method: Option<String>,
+    pub argument_names: Vec<String>,
+    /// Who the request says the agent is (AuthZEN `subject.id`): its SPIFFE ID or `<namespace>/<name>`.
+    /// Must agree with the credential.
+    pub subject: Option<String>,
+}
+
+/// A decision with its id, as the interfaces return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    pub decision_id: String,
+    /// `allow`, `deny` or `approval-required`.
+    pub decision: &'static str,
+    pub reasons: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub explanation: String,
+    /// The agent's SPIFFE ID, when the caller was identified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+impl Answer {
+    pub fn allowed(&self) -> bool {
+        self.decision == "allow"
+    }
+
+    pub fn unauthenticated(&self) -> bool {
+        self.reasons.first() == Some(&ReasonCode::Unauthenticated.as_str())
+    }
+}
+
+/// The state every replica's decision point serves from.
+pub struct PdpState {
+    pub config: PdpConfig,
+    pub snapshot: RwLock<Snapshot>,
+    pub accounts: RwLock<HashMap<(String, String), AccountEntry>>,
+    pub anchors: RwLock<HashMap<(String, String), AnchorEntry>>,
+    pub usage: Mutex<MemoryUsage>,
+    pub budgets: Arc<Budgets>,
+    pub keys: Arc<KeySource>,
+    pub metrics: Arc<Metrics>,
+    /// Set once every watch has listed and the issuer's keys are loaded; until then every decision is a
+    /// deny (`not-ready`).
+    pub ready: AtomicBool,
+}
+
+impl PdpState {
+    pub fn new(
+        config: PdpConfig,
+        trust_domain: &str,
+        keys: Arc<KeySource>,
+        budgets: Arc<Budgets>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        PdpState {
+            config,
+            snapshot: RwLock::new(Snapshot::new(trust_domain)),
+            accounts: RwLock::new(HashMap::new()),
+            anchors: RwLock::new(HashMap::new()),
+            usage: Mutex::new(MemoryUsage::default()),
+            budgets,
+            keys,
+            metrics,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Verifies a bearer token and identifies its agent (and task).
+    pub async fn authenticate(&self, bearer: &str) -> Result<Caller, String> {
+        let now = Timestamp::now().as_second();
+        let mut verified = self.verify(bearer, now);
+        if let Err(e) = &verified
+            && e.is_unknown_key()
+            && self.keys.refresh_for_unknown_key().await
+        {
+            verified = self.verify(bearer, now);
+        }
+        let token = verified.map_err(|e| e.to_string())?;
+        let key = (token.namespace.clone(), token.service_account.name.clone());
+        let account = self.accounts.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let anchor = token.secret.as_ref().and_then(|s| {
+            self.anchors
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(token.namespace.clone(), s.name.clone()))
+                .cloned()
+        });
+        let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        caller::identify(&token, &snap, account.as_ref(), anchor.as_ref(), &self.config.audience)
+    }
+
+    fn verify(&self, bearer: &str, now: i64) -> Result<jwt::ServiceAccountToken, jwt::TokenError> {
+        let keys = self.keys.current().ok_or(jwt::TokenError::UnknownKey)?;
+        jwt::verify(bearer, &keys.keys, &keys.issuer, now, &|_| true)
+    }
+
+    /// Decides one question from a caller presenting `bearer`: authentication, the pure decision, the
+    /// cross-replica budgets of an allowed call, the counters, the decision log and metrics.
+    pub async fn check(&self, bearer: Option<&str>, question: Question) -> Answer {
+        let started = Instant::now();
+        let (decision, caller) = self.decide(bearer, &question).await;
+        let answer = self.answer(&decision, caller.as_ref());
+        self.record(&answer, caller.as_ref(), &question, started);
+        answer
+    }
+
+    async fn decide(&self, bearer: Option<&str>, q: &Question) -> (Decision, Option<Caller>) {
+        if !self.is_ready() {
+            return (Decision::deny(ReasonCode::NotReady, "the decision point is still loading its state"), None);
+        }
+        let Some(bearer) = bearer else {
+            let d = Decision::deny(
+                ReasonCode::Unauthenticated,
+                "no credential: present the agent's task token as a Bearer token",
+            );
+            return (d, None);
+        };
+        let caller = match self.authenticate(bearer).await {
+            Ok(c) => c,
+            Err(e) => return (Decision::deny(ReasonCode::Unauthenticated, e), None),
+        };
+        if let Some(subject) = &q.subject {
+            let spiffe = {
+                let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+                snap.agent(&caller.namespace, &caller.agent).map(|a| a.spiffe_id.clone())
+            };
+            if Some(subject) != spiffe.as_ref() && *subject != format!("{}/{}", caller.namespace, caller.agent) {
+                let d = Decision::deny(ReasonCode::BadRequest, "subject.id names another agent than the credential");
+                return (d, Some(caller));
+            }
+        }
+        if let (Some(bound), Some(named)) = (&caller.task, &q.task)
+            && bound != named
+        {
+            let d = Decision::deny(
+                ReasonCode::BadRequest,
+                format!("the request names task {named:?}, the token is bound to task {bound:?}"),
+            );
+            return (d, Some(caller));
+        }
+        let req = DecisionRequest {
+            namespace: caller.namespace.clone(),
+            agent: caller.agent.clone(),
+            agent_uid: Some(caller.agent_uid.clone()),
+            task: caller.task.clone().or_else(|| q.task.clone()),
+            tool: q.tool.clone(),
+            action: q.action.clone(),
+            destination: q.destination.clone(),
+            sensitivity: q.sensitivity,
+            method: q.method.clone(),
+            argument_names: q.argument_names.clone(),
+        };
+        let now = Timestamp::now();
+        let decision = {
+            let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+            let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            crate::core::pdp::decide(&req, &snap, &*usage, now, &self.config.decide)
+        };
+        let Some(charge) = decision.charge.clone() else { return (decision, Some(caller)) };
+        // Per-task limits hold across replicas: an allowed call spends a unit of a budget slice this
+        // replica holds for the task (claimed from the AgentTask's status when it has none left).
+        let limits = {
+            let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+            budget::limits_of(&snap, &req, &charge)
+        };
+        if let Err(why) = self.budgets.spend(&req.namespace, &limits).await {
+            let mut d = Decision::deny(ReasonCode::LimitExceeded, why);
+            d.grant = Some(charge.grant.clone());
+            return (d, Some(caller));
+        }
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).record(&req, &charge);
+        (decision, Some(caller))
+    }
+
+    fn answer(&self, d: &Decision, caller: Option<&Caller>) -> Answer {
+        let spiffe = caller.and_then(|c| {
+            let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+            snap.agent(&c.namespace, &c.agent).map(|a| a.spiffe_id.clone())
+        });
+        Answer {
+            decision_id: decision_id(),
+            decision: d.outcome.as_str(),
+            reasons: d.reasons.iter().map(|r| r.as_str()).collect(),
+            grant: d.grant.clone(),
+            explanation: d.explanation.clone(),
+            agent: spiffe,
+        }
+    }
+
+    /// The decision log (one JSON line per decision with `--log-format json`) and metrics. Never a
+    /// token, never argument values, never a query string.
+    fn record(&self, a: &Answer, caller: Option<&Caller>, q: &Question, started: Instant) {
+        let took = started.elapsed();
+        let reason = a.reasons.first().copied().unwrap_or("");
+        self.metrics.decision(a.decision, reason, took.as_secs_f64());
+        let destination = q.destination.as_deref().map(|d| d.split(['?', '#']).next().unwrap_or_default());
+        info!(
+            target: "agentid::decision",
+            decision_id = %a.decision_id,
+            decision = a.decision,
+            reasons = ?a.reasons,
+            agent = a.agent.as_deref().unwrap_or_default(),
+            namespace = caller.map(|c| c.namespace.as_str()).unwrap_or_default(),
+            task = caller.and_then(|c| c.task.as_deref()).or(q.task.as_deref()).unwrap_or_default(),
+            credential = caller.and_then(|c| c.credential_id.as_deref()).unwrap_or_default(),
+            tool = %q.tool,
+            action = %q.action,
+            destination = destination.unwrap_or_default(),
+            sensitivity = q.sensitivity.map(crate::core::pdp::condition::sensitivity_name).unwrap_or_default(),
+            arguments = ?q.argument_names,
+            grant = a.grant.as_deref().unwrap_or_default(),
+            replica = %self.config.replica,
+            latency_us = took.as_micros() as u64,
+            "decision"
+        );
+    }
+}
+
+/// A random 128-bit decision id, hex.
+pub fn decision_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // The system RNG failing is not a reason to refuse a decision; fall back to the clock.
+        bytes[..16].copy_from_slice(&Timestamp::now().as_nanosecond().to_be_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Outcome as the interfaces report it.
+pub fn outcome_of(a: &Answer) -> Outcome {
+    match a.decision {
+        "allow" => Outcome::Allow,
+        "approval-required" => Outcome::ApprovalRequired,
+        _ => Outcome::Deny,
+    }
+}
