@@ -31,6 +31,9 @@ enum Command {
     },
     /// Judge manifests offline with the admission rules (exit 0 ok, 1 denied, 2 invalid input).
     Check(agentid::cli::check::CheckArgs),
+    /// Decide a tool call over manifests, as the decision point would (exit 0 allow, 1 deny or approval
+    /// required, 2 bad input).
+    Decide(agentid::cli::decide::DecideArgs),
     /// Print the version.
     Version,
 }
@@ -45,6 +48,11 @@ fn main() -> ExitCode {
         }
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Check(args) => ExitCode::from(agentid::cli::check::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Decide(args) => ExitCode::from(agentid::cli::decide::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

@@ -63,6 +63,26 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
     }
 }
 
+/// Every object in `paths` (files, or directories searched recursively); unreadable input goes to `errors`.
+pub fn read_documents(paths: &[PathBuf], errors: &mut Vec<InputError>) -> Vec<Document> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files, errors);
+    }
+    let mut docs: Vec<Document> = Vec::new();
+    for f in &files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(f) {
+            Ok(text) => match offline::parse_file(&name, &text) {
+                Ok(d) => docs.extend(d),
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(InputError { file: name, line: None, message: format!("cannot read: {e}") }),
+        }
+    }
+    docs
+}
+
 /// Runs the check and writes the report to `out`; returns the exit code.
 pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut errors = Vec::new();
@@ -76,21 +96,7 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             }
         },
     };
-    let mut files = Vec::new();
-    for p in &args.paths {
-        collect(p, &mut files, &mut errors);
-    }
-    let mut docs: Vec<Document> = Vec::new();
-    for f in &files {
-        let name = f.display().to_string();
-        match std::fs::read_to_string(f) {
-            Ok(text) => match offline::parse_file(&name, &text) {
-                Ok(d) => docs.extend(d),
-                Err(e) => errors.push(e),
-            },
-            Err(e) => errors.push(InputError { file: name, line: None, message: format!("cannot read: {e}") }),
-        }
-    }
+    let docs = read_documents(&args.paths, &mut errors);
     let (results, judge_errors) = offline::check(&docs, &args.namespace, &exceptions, Timestamp::now());
     errors.extend(judge_errors);
 

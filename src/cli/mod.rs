@@ -1,4 +1,5 @@
 //! Subcommands of the `agentid` binary that are more than a line.
 
 pub mod check;
+pub mod decide;
 pub mod run;

@@ -121,7 +121,7 @@ pub struct RunArgs {
     pub pdp_default_sensitivity: crate::api::DataSensitivity,
 }
 
-fn parse_sensitivity(s: &str) -> std::result::Result<crate::api::DataSensitivity, String> {
+pub fn parse_sensitivity(s: &str) -> std::result::Result<crate::api::DataSensitivity, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("{s:?}: expected public, internal, confidential or restricted"))
 }

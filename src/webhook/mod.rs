@@ -259,7 +259,7 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
     );
     let (namespace, checks) = match review {
         GrantReview::Allow => return allow,
-        GrantReview::Refuse(e) => return deny(&req.uid, 403, format!("[agentid/toolgrant-escalation] {e}")),
+        GrantReview::Refuse(e) => return deny(&req.uid, 403, format!("[agentid/{}] {e}", e.rule())),
         GrantReview::Check { namespace, checks } => (namespace, checks),
     };
     if !s.budget(checks.len(), "toolgrant") {

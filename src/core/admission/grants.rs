@@ -51,6 +51,49 @@ pub enum GrantRefusal {
     TooBroad,
     #[error("spec.kubernetesRules[{0}] would let the agent {1}; ToolGrants never grant that, whoever creates them")]
     SelfEscalation(usize, &'static str),
+    #[error(
+        "spec.when does not compile, so the grant could never apply: {0}; fix: correct the CEL expression (variables: request, agent, task, grant, now)"
+    )]
+    InvalidCondition(String),
+    #[error(
+        "spec.tools[{tool}].destinations[{index}] {pattern:?} is not a destination: {reason}; fix: use a URL prefix (https://host/path/) or a host glob (*.example.com)"
+    )]
+    InvalidDestination { tool: usize, index: usize, pattern: String, reason: String },
+}
+
+impl GrantRefusal {
+    /// The id in the message: `toolgrant-invalid` for grants the decision point could not use,
+    /// `toolgrant-escalation` otherwise.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            GrantRefusal::InvalidCondition(_) | GrantRefusal::InvalidDestination { .. } => "toolgrant-invalid",
+            _ => "toolgrant-escalation",
+        }
+    }
+}
+
+/// What the decision point could never evaluate: a `when` that does not compile (or names variables it
+/// cannot supply) and destinations that are no valid pattern. Refused at admission with the reason,
+/// rather than silently never matching at request time.
+pub fn unusable(grant: &ToolGrant) -> Option<GrantRefusal> {
+    if let Some(when) = &grant.spec.when
+        && let Err(e) = crate::core::pdp::validate_when(when)
+    {
+        return Some(GrantRefusal::InvalidCondition(e));
+    }
+    for (tool, t) in grant.spec.tools.iter().enumerate() {
+        for (index, d) in t.destinations.iter().enumerate() {
+            if let Err(e) = crate::core::pdp::DestinationPattern::parse(d) {
+                return Some(GrantRefusal::InvalidDestination {
+                    tool,
+                    index,
+                    pattern: d.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// The ServiceAccount `(namespace, name)` a username denotes, if any.
@@ -162,6 +205,9 @@ pub fn review_request(
     }
     if operation == "UPDATE" && old.is_some_and(|o| o.spec == grant.spec) {
         return GrantReview::Allow;
+    }
+    if let Some(refusal) = unusable(grant) {
+        return GrantReview::Refuse(refusal);
     }
     let namespace = namespace.or(grant.metadata.namespace.as_deref()).unwrap_or_default().to_string();
     match access_checks(grant, &namespace) {
@@ -290,6 +336,37 @@ mod tests {
             panic!("expected checks")
         };
         assert_eq!((namespace.as_str(), checks.len()), ("agents", 1));
+    }
+
+    #[test]
+    fn conditions_and_destinations_the_decision_point_cannot_use_are_refused() {
+        use crate::core::admission::rules::StaticDirectory;
+        let u = UserInfo { username: "alice".into(), ..Default::default() };
+        let dir = StaticDirectory::default();
+        let with = |extra: &str| -> ToolGrant {
+            serde_norway::from_str(&format!(
+                "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {{name: g, namespace: agents}}\nspec:\n  agentRef: {{name: a}}\n  tools: [{{name: crm, destinations: ['https://crm.internal/api/']}}]\n{extra}"
+            ))
+            .unwrap()
+        };
+        let r = review_request(
+            &u,
+            "CREATE",
+            Some("agents"),
+            &with("  when: \"request.argumnts.size() > 0\"\n"),
+            None,
+            &dir,
+        );
+        let GrantReview::Refuse(e @ GrantRefusal::InvalidCondition(_)) = r else { panic!("{r:?}") };
+        assert!(e.to_string().contains("spec.when does not compile"), "{e}");
+        let r = review_request(&u, "CREATE", Some("agents"), &with("  when: \"secrets.all()\"\n"), None, &dir);
+        assert!(matches!(r, GrantReview::Refuse(GrantRefusal::InvalidCondition(_))), "{r:?}");
+        let ok = with("  when: \"request.sensitivity != 'restricted'\"\n");
+        assert!(matches!(review_request(&u, "CREATE", Some("agents"), &ok, None, &dir), GrantReview::Check { .. }));
+        let mut bad = ok.clone();
+        bad.spec.tools[0].destinations = vec!["https://crm.*.internal/".into()];
+        let r = review_request(&u, "CREATE", Some("agents"), &bad, None, &dir);
+        assert!(matches!(r, GrantReview::Refuse(GrantRefusal::InvalidDestination { tool: 0, index: 0, .. })), "{r:?}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod caller;
 pub mod condition;
 pub mod decide;
 pub mod destination;
+pub mod offline;
 pub mod snapshot;
 
 pub use condition::{Condition, ConditionError, validate_when};
