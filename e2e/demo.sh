@@ -65,7 +65,7 @@ cat <<EOM
 
 The control plane and the operator keep running:
   export KUBECONFIG=$dir/kubeconfig PATH=$root/.cache/bin:\$PATH
-  kubectl get agents -A
+  kubectl get agentid -A          # AgentIdentities, ToolGrants and AgentTasks
   curl -s http://127.0.0.1:$probe_port/metrics
 Stop everything with: make demo-down
 EOM

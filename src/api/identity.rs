@@ -21,7 +21,7 @@ pub const MAX_TOKEN_TTL_SECS: u64 = 3600;
     kind = "AgentIdentity",
     plural = "agentidentities",
     singular = "agentidentity",
-    shortname = "agent",
+    shortname = "agi",
     category = "agentid",
     namespaced,
     status = "AgentIdentityStatus",

@@ -25,7 +25,7 @@ pub const MAX_TASK_TTL_SECS: u64 = 12 * 3600;
     kind = "AgentTask",
     plural = "agenttasks",
     singular = "agenttask",
-    shortname = "task",
+    shortname = "agt",
     category = "agentid",
     namespaced,
     status = "AgentTaskStatus",

@@ -126,6 +126,14 @@ pub fn parse_sensitivity(s: &str) -> std::result::Result<crate::api::DataSensiti
         .map_err(|_| format!("{s:?}: expected public, internal, confidential or restricted"))
 }
 
+/// One line for an API error: the apiserver's message, not a debug dump.
+fn api_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
+}
+
 /// This replica's name: `--instance`, the pod name, the host name, or the process id.
 pub fn instance_name(args: &RunArgs) -> String {
     args.instance
@@ -229,10 +237,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
     config.api::<AgentIdentity>(client.clone()).list(&kube::api::ListParams::default().limit(1)).await.map_err(
         |e| {
             Error::Config(format!(
-                "cannot list AgentIdentities (are the CRDs installed? `agentid crdgen | kubectl apply -f -`): {e}"
+                "cannot list AgentIdentities (are the CRDs installed? `agentid crdgen | kubectl apply -f -`): {}",
+                api_reason(&e)
             ))
         },
     )?;
+    // The Lease and the certificate Secret live in the operator's namespace: say so if it is missing.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match namespaces.get_opt(&args.operator_namespace).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(Error::Config(format!(
+                "the operator namespace {ns:?} does not exist: create it (`kubectl create namespace {ns}`) or pass --operator-namespace",
+                ns = args.operator_namespace
+            )));
+        }
+        // Without permission to read namespaces, find out later (the first write says what is wrong).
+        Err(e) => warn!(error = %api_reason(&e), "could not check the operator namespace"),
+    }
 
     if !args.no_webhook {
         start_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
