@@ -25,12 +25,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 probe_port=$(free_port)
 webhook_port=$(free_port)
 broker_port=$(free_port)
+pdp_port=$(free_port)
 kubectl create namespace agentid-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # No Service routes to a process on this machine: the webhook is registered by URL.
 setsid target/release/agentid run --operator-namespace agentid-system \
   --probe-addr "127.0.0.1:$probe_port" \
   --webhook-addr "127.0.0.1:$webhook_port" --webhook-url "https://127.0.0.1:$webhook_port" \
-  --broker-addr "127.0.0.1:$broker_port" \
+  --broker-addr "127.0.0.1:$broker_port" --pdp-addr "127.0.0.1:$pdp_port" \
   --webhook-client-ca-file "$dir/pki/webhook-client-ca.crt" \
   >"$dir/logs/agentid.log" 2>&1 </dev/null &
 echo $! > "$dir/pids/agentid"
@@ -41,6 +42,7 @@ say "applying config/samples/"
 kubectl apply -f config/samples/agentidentity.yaml
 kubectl apply -f config/samples/toolgrant.yaml
 kubectl wait agentidentity/triage-bot -n agents --for=condition=Ready --timeout=60s
+kubectl wait toolgrant/triage-bot-tools -n agents --for=jsonpath='{.status.phase}'=Active --timeout=60s >/dev/null
 
 say "the agent"
 kubectl get agentidentities -n agents
@@ -58,6 +60,37 @@ say "admission: a Deployment with a static secret and the default ServiceAccount
 kubectl apply -f config/samples/bad-deployment.yaml || true
 say "admission: the same agent done right"
 kubectl apply -f config/samples/good-deployment.yaml
+say "a task: its token comes from the broker and dies with the task"
+kubectl apply -f config/samples/agenttask.yaml
+kubectl wait agenttask/triage-ticket-42 -n agents --for=jsonpath='{.status.phase}'=Active --timeout=60s >/dev/null
+kubectl get agenttasks -n agents
+ca="$dir/agentid-ca.crt"
+kubectl get secret agentid-webhook-tls -n agentid-system -o jsonpath='{.data.ca\.crt}' | base64 -d > "$ca"
+# What the agent's pod would have mounted: its own short-lived token for the broker.
+own=$(kubectl create token agent-triage-bot -n agents --audience agentid --duration 10m)
+task_token=$(curl -sS --cacert "$ca" -X POST -H "Authorization: Bearer $own" \
+  "https://localhost:$broker_port/v1/tasks/agents/triage-ticket-42/token" --resolve "localhost:$broker_port:127.0.0.1" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+echo "task token fetched (${#task_token} bytes; never stored, never logged)"
+
+ask() { # destination
+  curl -sS --cacert "$ca" --resolve "localhost:$pdp_port:127.0.0.1" -H "Authorization: Bearer $task_token" \
+    -H 'Content-Type: application/json' "https://localhost:$pdp_port/access/v1/evaluation" \
+    -d "{\"action\": {\"name\": \"create\"}, \"resource\": {\"type\": \"tool\", \"id\": \"github.create_issue\", \"properties\": {\"destination\": \"$1\"}}}"
+  echo
+}
+say "decision point (AuthZEN): the granted call"
+ask https://api.github.com/repos/acme/payments/issues
+say "decision point: an ungranted destination, denied with its reason"
+ask https://api.github.com/repos/acme/billing/issues
+say "the task is completed: the same granted call is denied at the next decision"
+kubectl patch agenttask triage-ticket-42 -n agents --type merge -p '{"spec":{"completed":true}}'
+sleep 1
+ask https://api.github.com/repos/acme/payments/issues
+say "offline review of a grant in a pull request: agentid decide"
+target/release/agentid decide --agent agents/triage-bot --tool github.create_issue --action create \
+  --destination https://api.github.com/repos/acme/billing/issues --task triage-ticket-42 config/samples/ || true
+
 say "offline: agentid check config/samples/ (what GitOps CI runs)"
 target/release/agentid check config/samples/ || true
 
