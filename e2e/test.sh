@@ -24,5 +24,6 @@ trap cleanup EXIT INT TERM
 echo "== starting the local control plane"
 e2e/cluster.sh up
 export KUBECONFIG="$AGENTID_CLUSTER_DIR/kubeconfig"
+echo "== nginx for tests/e2e_nginx.rs: $(e2e/tools/nginx.sh)"
 echo "== integration tests against the real kube-apiserver"
 cargo test --locked --features e2e --test 'e2e_*' -- --test-threads=4
