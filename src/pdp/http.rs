@@ -270,3 +270,206 @@ async fn forward_auth(State(s): State<Arc<PdpState>>, method: Method, uri: Uri, 
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::jwt::KeySet;
+    use crate::core::jwt::testing::{Signer, claims};
+    use crate::core::pdp::caller::AccountEntry;
+    use crate::core::pdp::snapshot::fixtures::{active_grant, ready_agent, tool};
+    use crate::metrics::Metrics;
+    use crate::pdp::budget::Budgets;
+    use crate::pdp::keys::{IssuerKeys, KeySource};
+    use crate::pdp::{PdpConfig, PdpState};
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    const ISS: &str = "https://kubernetes.default.svc";
+
+    /// A ready decision point with agent `bot` (grant `crm-read`: tool crm, read, https://crm.internal/api/)
+    /// and a token of its ServiceAccount for the decision point's audience.
+    fn ready_state() -> (Arc<PdpState>, String) {
+        let signer = Signer::new("k1");
+        let keys = KeySource::fixed(IssuerKeys { issuer: ISS.into(), keys: KeySet { keys: vec![signer.jwk()] } });
+        let config = PdpConfig { audience: "agentid-pdp".into(), decide: Default::default(), replica: "r".into() };
+        let state = PdpState::new(
+            config,
+            "cluster.local",
+            Arc::new(keys),
+            Arc::new(Budgets::local()),
+            Arc::new(Metrics::default()),
+        );
+        let agent = ready_agent("bot");
+        let grant = active_grant("crm-read", "bot", vec![tool("crm", &["read"], &["https://crm.internal/api/"])]);
+        {
+            let mut snap = state.snapshot.write().unwrap();
+            snap.upsert_agent(&agent);
+            snap.upsert_grant(&grant);
+        }
+        let account = AccountEntry {
+            uid: "agent-bot-uid".into(),
+            agent: "bot".into(),
+            agent_uid: agent.metadata.uid.clone().unwrap(),
+        };
+        state.accounts.write().unwrap().insert(("agents".into(), "agent-bot".into()), account);
+        state.ready.store(true, std::sync::atomic::Ordering::Release);
+        let exp = k8s_openapi::jiff::Timestamp::now().as_second() + 600;
+        let token = signer.sign(&claims("agents", "agent-bot", "agentid-pdp", exp, None));
+        (Arc::new(state), token)
+    }
+
+    fn not_ready_state() -> Arc<PdpState> {
+        let keys = KeySource::fixed(IssuerKeys { issuer: ISS.into(), keys: KeySet::default() });
+        let config = PdpConfig { audience: "agentid-pdp".into(), decide: Default::default(), replica: "r".into() };
+        Arc::new(PdpState::new(
+            config,
+            "cluster.local",
+            Arc::new(keys),
+            Arc::new(Budgets::local()),
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    async fn call(state: &Arc<PdpState>, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+        let res = router(state.clone()).oneshot(req).await.unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn evaluation(token: &str, body: &str) -> Request<Body> {
+        Request::post("/access/v1/evaluation")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    fn crm(destination: &str) -> String {
+        json!({"action": {"name": "read"}, "resource": {"type": "tool", "id": "crm", "properties": {"destination": destination}}})
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn authzen_allows_and_denies_with_reasons() {
+        let (state, token) = ready_state();
+        let (status, _, v) = call(&state, evaluation(&token, &crm("https://crm.internal/api/x"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["decision"], true, "{v}");
+        assert_eq!(v["context"]["grant"], "crm-read");
+        let (_, _, v) = call(&state, evaluation(&token, &crm("https://crm.internal/admin"))).await;
+        assert_eq!(
+            (v["decision"].as_bool(), v["context"]["reasons"][0].as_str()),
+            (Some(false), Some("destination-not-granted"))
+        );
+        // subject.id must be the credential's agent.
+        let mut q: Value = serde_json::from_str(&crm("https://crm.internal/api/x")).unwrap();
+        q["subject"] = json!({"type": "agent", "id": "spiffe://cluster.local/ns/agents/agent/other"});
+        let (_, _, v) = call(&state, evaluation(&token, &q.to_string())).await;
+        assert_eq!(v["context"]["reasons"][0], "bad-request", "{v}");
+        q["subject"]["id"] = json!("spiffe://cluster.local/ns/agents/agent/bot");
+        assert_eq!(call(&state, evaluation(&token, &q.to_string())).await.2["decision"], true);
+        // Batch: defaults merged into each evaluation.
+        let batch = json!({"action": {"name": "read"}, "evaluations": [
+            {"resource": {"type": "tool", "id": "crm", "properties": {"destination": "https://crm.internal/api/a"}}},
+            {"resource": {"type": "tool", "id": "crm", "properties": {"destination": "https://evil.example/api/a"}}},
+            {"resource": {"type": "tool"}}]});
+        let req = Request::post("/access/v1/evaluations")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(batch.to_string()))
+            .unwrap();
+        let (_, _, v) = call(&state, req).await;
+        let d: Vec<bool> =
+            v["evaluations"].as_array().unwrap().iter().map(|e| e["decision"].as_bool().unwrap()).collect();
+        assert_eq!(d, vec![true, false, false]);
+        assert_eq!(v["evaluations"][2]["context"]["reasons"][0], "bad-request");
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_a_clear_refusal_never_an_allow() {
+        let (state, token) = ready_state();
+        for body in [
+            "{not json",
+            "[]",
+            r#"{"resource": {"id": 7}}"#,
+            r#"{"action": {"name": "read"}}"#,
+            r#"{"action":{"name":"read"},"resource":{"type":"file","id":"x"}}"#,
+        ] {
+            let (status, _, v) = call(&state, evaluation(&token, body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+            assert_eq!(v["decision"], false);
+        }
+        // Sensitivity that is no level; arguments that are not names.
+        let bad = json!({"action": {"name": "read"}, "resource": {"type": "tool", "id": "crm", "properties": {"sensitivity": "secret"}}});
+        assert_eq!(call(&state, evaluation(&token, &bad.to_string())).await.0, StatusCode::BAD_REQUEST);
+        // Oversized bodies are refused before parsing.
+        let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_BODY + 1));
+        assert_eq!(call(&state, evaluation(&token, &huge)).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        let many: Vec<Value> = (0..MAX_EVALUATIONS + 1).map(|_| json!({})).collect();
+        let req =
+            Request::post("/access/v1/evaluations").body(Body::from(json!({"evaluations": many}).to_string())).unwrap();
+        assert_eq!(call(&state, req).await.0, StatusCode::BAD_REQUEST);
+        // No token, garbage, an expired token: unauthenticated.
+        let req = Request::post("/access/v1/evaluation").body(Body::from(crm("https://crm.internal/api/x"))).unwrap();
+        assert_eq!(call(&state, req).await.2["context"]["reasons"][0], "unauthenticated");
+        assert_eq!(
+            call(&state, evaluation("garbage", &crm("https://crm.internal/api/x"))).await.2["context"]["reasons"][0],
+            "unauthenticated"
+        );
+        let signer = Signer::new("k1");
+        let expired = signer.sign(&claims("agents", "agent-bot", "agentid-pdp", 1_000, None));
+        assert_eq!(
+            call(&state, evaluation(&expired, &crm("https://crm.internal/api/x"))).await.2["context"]["reasons"][0],
+            "unauthenticated"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_allowed_before_the_state_is_loaded() {
+        let state = not_ready_state();
+        let (_, _, v) = call(&state, evaluation("x.y.z", &crm("https://crm.internal/api/x"))).await;
+        assert_eq!((v["decision"].as_bool(), v["context"]["reasons"][0].as_str()), (Some(false), Some("not-ready")));
+    }
+
+    #[tokio::test]
+    async fn forward_auth_answers_with_status_codes_and_reason_headers() {
+        let (state, token) = ready_state();
+        let fa = |uri: &str, tool: Option<&str>, token: Option<&str>| {
+            let mut b =
+                Request::get("/forward-auth").header("x-original-uri", uri).header("x-forwarded-host", "crm.internal");
+            if let Some(t) = tool {
+                b = b.header("x-agentid-tool", t).header("x-agentid-action", "read");
+            }
+            if let Some(t) = token {
+                b = b.header("authorization", format!("Bearer {t}"));
+            }
+            b.body(Body::empty()).unwrap()
+        };
+        let (status, headers, _) = call(&state, fa("/api/x?q=1", Some("crm"), Some(&token))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers.contains_key("x-agentid-decision-id"));
+        let (status, headers, v) = call(&state, fa("/admin", Some("crm"), Some(&token))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(headers["x-agentid-reason"], "destination-not-granted");
+        assert_eq!(v["grant"], "crm-read");
+        let (status, headers, _) = call(&state, fa("/api/x", Some("crm"), None)).await;
+        assert_eq!((status, headers["www-authenticate"].to_str().unwrap()), (StatusCode::UNAUTHORIZED, "Bearer"));
+        // MCP: the tool from Mcp-Method/Mcp-Name.
+        let req = Request::post("/forward-auth")
+            .header("x-original-uri", "/api/mcp")
+            .header("x-forwarded-host", "crm.internal")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "crm")
+            .header("x-agentid-action", "read")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(call(&state, req).await.0, StatusCode::OK);
+        // No tool at all: a clear refusal.
+        let (status, headers, v) = call(&state, fa("/api/x", None, Some(&token))).await;
+        assert_eq!((status, headers["x-agentid-reason"].to_str().unwrap()), (StatusCode::FORBIDDEN, "bad-request"));
+        assert!(v["explanation"].as_str().unwrap().contains("X-Agentid-Tool"), "{v}");
+    }
+}
