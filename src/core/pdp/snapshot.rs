@@ -322,6 +322,8 @@ impl Namespace {
             rules.push(ToolRule { grant: Arc::clone(grant), tool: Arc::clone(tool) });
             // Stable: a grant naming a tool twice keeps its own order.
             rules.sort_by(|a, b| a.grant.name.cmp(&b.grant.name));
+            // Most (agent, tool) pairs have one rule: do not keep room for four.
+            rules.shrink_to_fit();
         }
     }
 }
