@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -17,19 +17,8 @@ use agentid::core::conditions;
 
 struct Replica {
     name: String,
-    child: Child,
+    child: Killed,
     probe: u16,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn spawn(name: &str, ns: &str) -> Replica {
@@ -42,7 +31,7 @@ fn spawn(name: &str, ns: &str) -> Replica {
         .stderr(log)
         .spawn()
         .expect("start agentid");
-    Replica { name: name.into(), child, probe }
+    Replica { name: name.into(), child: Killed(child), probe }
 }
 
 /// `agentid_reconciles_total{kind="AgentIdentity"}` of a replica (0 when absent).
@@ -103,8 +92,8 @@ async fn only_the_leader_reconciles_and_a_follower_takes_over() {
     // Kill the leader outright (no graceful hand-over): the follower takes over once the Lease runs out.
     let killed_at = Instant::now();
     let mut dead = replicas.remove(leader_idx);
-    dead.child.kill().unwrap();
-    dead.child.wait().unwrap();
+    dead.child.0.kill().unwrap();
+    dead.child.0.wait().unwrap();
     let survivor = &replicas[0];
     let second = wait_until(Duration::from_secs(30), "a new leader", || async {
         holder(&leases).await.filter(|h| *h == survivor.name)

@@ -118,10 +118,6 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `template` with every `(from, to)` replaced; each `from` must occur, so the documented configuration
 /// cannot drift away from what this test runs.
 fn render(template: &str, substitutions: &[(&str, String)]) -> String {

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,20 +18,9 @@ use support::*;
 use agentid::api::{AgentIdentity, AgentTask, GrantPhase, TaskPhase, ToolGrant};
 
 struct Replica {
-    child: Child,
+    _child: Killed,
     pdp: std::net::SocketAddr,
     broker: std::net::SocketAddr,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn spawn(name: &str, ns: &str) -> Replica {
@@ -47,7 +36,7 @@ fn spawn(name: &str, ns: &str) -> Replica {
         .stderr(log)
         .spawn()
         .expect("start agentid");
-    Replica { child, pdp: addr(pdp).parse().unwrap(), broker: addr(broker).parse().unwrap() }
+    Replica { _child: Killed(child), pdp: addr(pdp).parse().unwrap(), broker: addr(broker).parse().unwrap() }
 }
 
 const LIMIT: usize = 50;

@@ -208,28 +208,43 @@ fn deny(uid: &str, code: u16, message: String) -> AdmissionResponse {
         status: Some(ResponseStatus {
             code,
             message,
-            reason: if code == 403 { "Forbidden".into() } else { "BadRequest".into() },
+            reason: match code {
+                403 => "Forbidden",
+                429 => "TooManyRequests",
+                500 => "InternalError",
+                _ => "BadRequest",
+            }
+            .into(),
         }),
         warnings: Vec::new(),
     }
 }
 
+/// Parses an AdmissionReview for the check `what` (a metric label), or answers 400.
+fn parse_review(s: &WebhookState, what: &str, body: &[u8]) -> Result<AdmissionRequest, Response> {
+    review::parse(body).map_err(|e| {
+        s.metrics.admission_bad_request(what);
+        (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+    })
+}
+
+/// Counts a check's answer and wraps it into an AdmissionReview.
+fn answer(s: &WebhookState, what: &str, response: AdmissionResponse) -> Response {
+    s.metrics.admission_reviewed(what, if response.allowed { "allow" } else { "deny" }, 0.0);
+    axum::Json(review::respond(response)).into_response()
+}
+
 /// The ToolGrant escalation check.
 async fn validate_toolgrants(State(s): State<Arc<WebhookState>>, body: Bytes) -> Response {
-    let req = match review::parse(&body) {
+    let req = match parse_review(&s, "toolgrant", &body) {
         Ok(r) => r,
-        Err(e) => {
-            s.metrics.admission_bad_request("toolgrant");
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
-        }
+        Err(res) => return res,
     };
     let response = judge_toolgrant(&s, &req).await;
-    let verdict = if response.allowed { "allow" } else { "deny" };
-    s.metrics.admission_reviewed("toolgrant", verdict, 0.0);
     if !response.allowed {
         info!(namespace = ?req.namespace, name = ?req.name, user = %req.user_info.username, "ToolGrant refused");
     }
-    axum::Json(review::respond(response)).into_response()
+    answer(&s, "toolgrant", response)
 }
 
 async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionResponse {
@@ -294,19 +309,15 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
 
 /// The check of AgentIdentities, AgentTasks and agentid status writes ([`identities`]).
 async fn validate_objects(State(s): State<Arc<WebhookState>>, body: Bytes) -> Response {
-    let req = match review::parse(&body) {
+    let req = match parse_review(&s, "objects", &body) {
         Ok(r) => r,
-        Err(e) => {
-            s.metrics.admission_bad_request("objects");
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
-        }
+        Err(res) => return res,
     };
     let response = judge_object(&s, &req).await;
-    s.metrics.admission_reviewed("objects", if response.allowed { "allow" } else { "deny" }, 0.0);
     if !response.allowed {
         info!(kind = %req.kind.kind, namespace = ?req.namespace, name = ?req.name, user = %req.user_info.username, "agentid object refused");
     }
-    axum::Json(review::respond(response)).into_response()
+    answer(&s, "objects", response)
 }
 
 async fn judge_object(s: &WebhookState, req: &AdmissionRequest) -> AdmissionResponse {

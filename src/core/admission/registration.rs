@@ -218,6 +218,18 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
     }
 }
 
+/// The binding that makes policy `name` deny.
+fn deny_binding(name: String, labels: Option<BTreeMap<String, String>>) -> ValidatingAdmissionPolicyBinding {
+    ValidatingAdmissionPolicyBinding {
+        metadata: ObjectMeta { name: Some(name.clone()), labels, ..Default::default() },
+        spec: ValidatingAdmissionPolicyBindingSpec {
+            policy_name: name,
+            validation_actions: vec!["Deny".into()],
+            ..Default::default()
+        },
+    }
+}
+
 /// The ValidatingAdmissionPolicy (and its binding) that refuses a misspelled enforcement label on a
 /// Namespace: `agentid.dev/enforcement: Enforce` would otherwise silently mean "not judged". Enforced by
 /// the apiserver itself, so it works whether or not agentid is up.
@@ -254,14 +266,7 @@ pub fn enforcement_label_policy(reg: &Registration) -> (ValidatingAdmissionPolic
         }),
         status: None,
     };
-    let binding = ValidatingAdmissionPolicyBinding {
-        metadata: ObjectMeta { name: Some(name.clone()), labels, ..Default::default() },
-        spec: ValidatingAdmissionPolicyBindingSpec {
-            policy_name: name,
-            validation_actions: vec!["Deny".into()],
-            ..Default::default()
-        },
-    };
+    let binding = deny_binding(name, labels);
     (policy, binding)
 }
 
@@ -324,14 +329,7 @@ pub fn enforcement_guard_policy(
         }),
         status: None,
     };
-    let binding = ValidatingAdmissionPolicyBinding {
-        metadata: ObjectMeta { name: Some(name.clone()), labels, ..Default::default() },
-        spec: ValidatingAdmissionPolicyBindingSpec {
-            policy_name: name,
-            validation_actions: vec!["Deny".into()],
-            ..Default::default()
-        },
-    };
+    let binding = deny_binding(name, labels);
     Some((policy, binding))
 }
 
