@@ -18,13 +18,14 @@
 //!
 //! Cost. `request.host` is compiled into a plain variable bound per evaluation, so a decision builds
 //! only the fields its condition reads (no maps); `request` used as a whole is built as a map. Parsing
-//! recurses deeply on long chains (`a.b.c…`), so it runs on a thread of its own with a large stack, and an
+//! recurses deeply on long chains (`a.b.c…`), so it runs on one thread of its own with a large stack
+//! (compiling blocks the caller for the parse: call it off async workers when that matters), and an
 //! expression nested deeper than [`MAX_DEPTH`] is refused so that evaluation (also recursive) stays
 //! shallow on any thread.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, mpsc};
 
 use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::objects::{Key, Map};
@@ -289,6 +290,33 @@ pub fn sensitivity_name(s: DataSensitivity) -> &'static str {
 /// The context every evaluation starts from: built-in functions, no variables.
 static ROOT: LazyLock<Context<'static>> = LazyLock::new(Context::default);
 
+type CompileJob = (String, mpsc::Sender<Result<Condition, ConditionError>>);
+
+/// The thread conditions are parsed on, started on first use: parsing recurses once per link of a
+/// chain (`a.b.c…`), deeper than a runtime worker's stack allows, and a thread per compile would cost
+/// more than the compile itself.
+static COMPILER: LazyLock<Option<mpsc::Sender<CompileJob>>> = LazyLock::new(|| {
+    let (jobs, queue) = mpsc::channel::<CompileJob>();
+    std::thread::Builder::new()
+        .name("agentid-cel-compile".to_string())
+        .stack_size(COMPILE_STACK_BYTES)
+        .spawn(move || {
+            for (source, reply) in queue {
+                // The caller may have gone away: nothing to do then.
+                let _ = reply.send(compile_caught(source));
+            }
+        })
+        .ok()
+        .map(|_| jobs)
+});
+
+const PARSER_FAILED: ConditionError = ConditionError::Internal("the CEL parser failed on it (nested too deeply?)");
+
+/// [`compile_here`], with a panic in the CEL parser (it has some on hostile input) turned into an error.
+fn compile_caught(source: String) -> Result<Condition, ConditionError> {
+    catch_unwind(AssertUnwindSafe(|| compile_here(source))).unwrap_or(Err(PARSER_FAILED))
+}
+
 impl Condition {
     /// Parses and checks a condition. Refuses variables other than `request`, `agent`, `task`, `grant`
     /// and `now`, unknown fields of those, unknown functions and expressions nested deeper than
@@ -300,15 +328,23 @@ impl Condition {
         if src.len() > MAX_CONDITION_LEN {
             return Err(ConditionError::TooLong);
         }
-        let owned = src.to_string();
+        let (reply, answer) = mpsc::channel();
+        let job = (src.to_string(), reply);
+        let job = match COMPILER.as_ref() {
+            Some(worker) => match worker.send(job) {
+                Ok(()) => return answer.recv().unwrap_or(Err(ConditionError::Internal("the compile thread stopped"))),
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        // No compile thread (it could not be started): a thread of its own for this one.
+        let (source, _) = job;
         let worker = std::thread::Builder::new()
             .name("agentid-cel-compile".to_string())
             .stack_size(COMPILE_STACK_BYTES)
-            .spawn(move || compile_here(owned));
+            .spawn(move || compile_caught(source));
         match worker {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or(Err(ConditionError::Internal("the CEL parser failed on it (nested too deeply?)"))),
+            Ok(handle) => handle.join().unwrap_or(Err(PARSER_FAILED)),
             Err(_) => Err(ConditionError::Internal("no thread to parse on")),
         }
     }
@@ -743,7 +779,12 @@ mod tests {
         // Run on a small stack, like a runtime worker's: compiling must not depend on the caller's stack.
         let handle = std::thread::Builder::new()
             .stack_size(256 * 1024)
-            .spawn(move || hostile.iter().map(|src| Condition::compile(src).map(|_| ())).collect::<Vec<_>>())
+            .spawn(move || {
+                let results: Vec<_> = hostile.iter().map(|src| Condition::compile(src).map(|_| ())).collect();
+                // The compile thread survives a panicking parse.
+                assert!(Condition::compile("request.tool == 'crm'").is_ok());
+                results
+            })
             .unwrap();
         let results = handle.join().unwrap();
         for (i, r) in results.iter().enumerate() {

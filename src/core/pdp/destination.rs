@@ -101,14 +101,20 @@ impl Destination {
             return Err(DestinationError::TooLong);
         }
         check_characters(input)?;
-        let (scheme, rest) = input.split_once("://").ok_or(DestinationError::NotAbsolute)?;
+        // Byte scans throughout: every delimiter is ASCII, so each split falls on a character boundary.
+        let colon = position(input, b':').ok_or(DestinationError::NotAbsolute)?;
+        let (scheme, rest) = split_at(input, colon);
+        let rest = rest.strip_prefix("://").ok_or(DestinationError::NotAbsolute)?;
         let scheme = parse_scheme(scheme)?;
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
+        let authority_end = rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+        let (authority, tail) = split_at(rest, authority_end);
         let (host, port) = parse_authority(authority)?;
-        let before_fragment = tail.split_once('#').map_or(tail, |(before, _)| before);
-        let (raw_path, query) = match before_fragment.split_once('?') {
-            Some((path, query)) => (path, Some(query.to_string())),
+        let before_fragment = position(tail, b'#').map_or(tail, |i| split_at(tail, i).0);
+        let (raw_path, query) = match position(before_fragment, b'?') {
+            Some(i) => {
+                let (path, query) = split_at(before_fragment, i);
+                (path, Some(query.get(1..).unwrap_or_default().to_string()))
+            }
             None => (before_fragment, None),
         };
         let path = normalize_path(raw_path)?;
@@ -152,15 +158,25 @@ impl fmt::Display for Destination {
     }
 }
 
+/// Index of the first `byte` in `s`.
+fn position(s: &str, byte: u8) -> Option<usize> {
+    s.bytes().position(|b| b == byte)
+}
+
+/// `s` split before index `i`; `(s, "")` if `i` is not a character boundary (never, for ASCII delimiters).
+fn split_at(s: &str, i: usize) -> (&str, &str) {
+    s.split_at_checked(i).unwrap_or((s, ""))
+}
+
 fn check_characters(input: &str) -> Result<(), DestinationError> {
-    for c in input.chars() {
-        if !c.is_ascii() {
+    for b in input.bytes() {
+        if !b.is_ascii() {
             return Err(DestinationError::NonAscii);
         }
-        if c == '\\' {
+        if b == b'\\' {
             return Err(DestinationError::Backslash);
         }
-        if c.is_ascii_control() || c == ' ' {
+        if b.is_ascii_control() || b == b' ' {
             return Err(DestinationError::ControlOrWhitespace);
         }
     }
@@ -185,7 +201,7 @@ fn parse_scheme(scheme: &str) -> Result<Scheme, DestinationError> {
 
 /// `host[:port]` or `[v6][:port]`: the normalised host and the port, if any.
 fn parse_authority(authority: &str) -> Result<(String, Option<u16>), DestinationError> {
-    if authority.contains('@') {
+    if position(authority, b'@').is_some() {
         return Err(DestinationError::UserInfo);
     }
     if authority.is_empty() {
@@ -204,8 +220,11 @@ fn parse_authority(authority: &str) -> Result<(String, Option<u16>), Destination
         };
         return Ok((format!("[{ip}]"), port));
     }
-    let (host, port) = match authority.split_once(':') {
-        Some((host, port)) => (host, Some(parse_port(port)?)),
+    let (host, port) = match position(authority, b':') {
+        Some(i) => {
+            let (host, port) = split_at(authority, i);
+            (host, Some(parse_port(port.get(1..).unwrap_or_default())?))
+        }
         None => (authority, None),
     };
     Ok((normalize_host(host)?, port))
@@ -232,37 +251,44 @@ fn normalize_host(host: &str) -> Result<String, DestinationError> {
     if host.len() > 253 {
         return Err(DestinationError::InvalidHost("longer than 253 characters"));
     }
-    if host.contains('%') {
-        return Err(DestinationError::InvalidHost("percent-encoding in a host"));
-    }
-    if let Some(c) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(DestinationError::InvalidCharacter(c));
-    }
     if host.ends_with('.') {
         return Err(DestinationError::InvalidHost("trailing dot: write the name without it"));
     }
-    let host = host.to_ascii_lowercase();
-    let mut last = "";
-    for label in host.split('.') {
-        if label.is_empty() {
-            return Err(DestinationError::InvalidHost("empty label"));
+    let mut label_len = 0usize;
+    let mut last_label = 0usize;
+    for (i, b) in host.bytes().enumerate() {
+        match b {
+            b'.' => {
+                if label_len == 0 {
+                    return Err(DestinationError::InvalidHost("empty label"));
+                }
+                label_len = 0;
+                last_label = i + 1;
+            }
+            b'%' => return Err(DestinationError::InvalidHost("percent-encoding in a host")),
+            _ if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' => {
+                label_len += 1;
+                if label_len > 63 {
+                    return Err(DestinationError::InvalidHost("label longer than 63 characters"));
+                }
+            }
+            _ => return Err(DestinationError::InvalidCharacter(char::from(b))),
         }
-        if label.len() > 63 {
-            return Err(DestinationError::InvalidHost("label longer than 63 characters"));
-        }
-        last = label;
     }
+    let mut normalized = host.to_string();
+    normalized.make_ascii_lowercase();
     // WHATWG URL parsers read a host ending in a number as an IPv4 address in any of several forms
     // (`0x7f.1`, `127.1`, `2130706433`); only the one canonical form is accepted.
+    let last = normalized.get(last_label..).unwrap_or_default();
     let numeric = last.bytes().all(|b| b.is_ascii_digit())
         || last.strip_prefix("0x").is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()));
     if numeric {
-        let canonical = host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.to_string() == host);
+        let canonical = normalized.parse::<Ipv4Addr>().is_ok_and(|ip| ip.to_string() == normalized);
         if !canonical {
             return Err(DestinationError::InvalidHost("ends in a number but is not a dotted-quad IPv4 address"));
         }
     }
-    Ok(host)
+    Ok(normalized)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -291,6 +317,12 @@ const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
 fn normalize_path(raw: &str) -> Result<String, DestinationError> {
     if raw.is_empty() {
         return Ok("/".to_string());
+    }
+    if let Some(b) = raw.bytes().find(|b| !is_path_char(*b) && *b != b'%') {
+        return Err(DestinationError::InvalidCharacter(char::from(b)));
+    }
+    if !raw.contains('%') {
+        return remove_dot_segments(raw.to_string());
     }
     let mut decoded = String::with_capacity(raw.len());
     let mut bytes = raw.bytes();
@@ -321,11 +353,31 @@ fn normalize_path(raw: &str) -> Result<String, DestinationError> {
             return Err(DestinationError::InvalidCharacter(char::from(b)));
         }
     }
-    remove_dot_segments(&decoded)
+    remove_dot_segments(decoded)
+}
+
+/// Whether a segment is `.` or `..`, or one of them with a `;` parameter.
+fn is_dot_segment(segment: &str) -> bool {
+    let name = segment.split_once(';').map_or(segment, |(name, _)| name);
+    name == "." || name == ".."
+}
+
+/// Whether a segment of `path` is a dot segment ([`is_dot_segment`]), in one byte scan.
+fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let ends_segment = |i: usize| matches!(bytes.get(i), None | Some(b'/' | b';'));
+    bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'.'
+            && (i == 0 || bytes.get(i - 1) == Some(&b'/'))
+            && (ends_segment(i + 1) || (bytes.get(i + 1) == Some(&b'.') && ends_segment(i + 2)))
+    })
 }
 
 /// RFC 3986 5.2.4 on an absolute path; climbing above the root is an error rather than clamped.
-fn remove_dot_segments(path: &str) -> Result<String, DestinationError> {
+fn remove_dot_segments(path: String) -> Result<String, DestinationError> {
+    if !has_dot_segment(&path) {
+        return Ok(path);
+    }
     let Some(relative) = path.strip_prefix('/') else {
         // An authority always ends at '/', '?' or '#', so a non-empty path starts with '/'.
         return Err(DestinationError::NotAbsolute);
@@ -335,9 +387,7 @@ fn remove_dot_segments(path: &str) -> Result<String, DestinationError> {
     let mut out: Vec<&str> = Vec::with_capacity(count);
     for (i, segment) in segments.into_iter().enumerate() {
         let last = i + 1 == count;
-        if let Some((name, _)) = segment.split_once(';')
-            && (name == "." || name == "..")
-        {
+        if segment.contains(';') && is_dot_segment(segment) {
             return Err(DestinationError::DotSegmentParameter);
         }
         match segment {
@@ -604,6 +654,17 @@ mod tests {
         }
         assert!(Destination::parse(&format!("https://h/{}", "a".repeat(MAX_DESTINATION_LEN))).is_err());
         assert!(Destination::parse(&format!("https://{}.example/", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn the_dot_segment_scan_agrees_with_splitting() {
+        let paths = [
+            "/", "/a", "/.", "/..", "/...", "/.a", "/a.", "/..a", "/a/./b", "/a/../b", "/a/.;x/b", "/a/..;x", "/a/b.",
+            "/a/.b/", "/a/x./", "/;./", "/.;", "//.", "/a/..../", "/%2E",
+        ];
+        for path in paths {
+            assert_eq!(has_dot_segment(path), path.split('/').any(is_dot_segment), "{path}");
+        }
     }
 
     fn pattern(s: &str) -> DestinationPattern {
