@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := .cache/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster
+.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster bench-pdp
 
 all: build
 
@@ -41,6 +41,10 @@ unit:
 
 bench:
 	$(CARGO) bench --locked
+
+## The decision point under load (AuthZEN over TLS) side by side with OPA on the same grants (bench/opa/)
+bench-pdp:
+	bench/opa/run.sh
 
 ## Benchmarks against a real local control plane (its own, in .cache/bench-cluster): converge, RSS, token, revocation and admission latency
 bench-cluster:

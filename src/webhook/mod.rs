@@ -221,10 +221,10 @@ fn deny(uid: &str, code: u16, message: String) -> AdmissionResponse {
 }
 
 /// Parses an AdmissionReview for the check `what` (a metric label), or answers 400.
-fn parse_review(s: &WebhookState, what: &str, body: &[u8]) -> Result<AdmissionRequest, Response> {
+fn parse_review(s: &WebhookState, what: &str, body: &[u8]) -> Result<AdmissionRequest, Box<Response>> {
     review::parse(body).map_err(|e| {
         s.metrics.admission_bad_request(what);
-        (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        Box::new((StatusCode::BAD_REQUEST, e.to_string()).into_response())
     })
 }
 
@@ -238,7 +238,7 @@ fn answer(s: &WebhookState, what: &str, response: AdmissionResponse) -> Response
 async fn validate_toolgrants(State(s): State<Arc<WebhookState>>, body: Bytes) -> Response {
     let req = match parse_review(&s, "toolgrant", &body) {
         Ok(r) => r,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let response = judge_toolgrant(&s, &req).await;
     if !response.allowed {
@@ -311,7 +311,7 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
 async fn validate_objects(State(s): State<Arc<WebhookState>>, body: Bytes) -> Response {
     let req = match parse_review(&s, "objects", &body) {
         Ok(r) => r,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let response = judge_object(&s, &req).await;
     if !response.allowed {
