@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds the local test control plane (kube-apiserver, kubectl, etcd, helm) from
-# Go modules into a git-ignored cache. Idempotent: a binary that already reports
-# the wanted version is not rebuilt.
+# Builds the local test control plane (kube-apiserver, kubectl, etcd, helm) and
+# the gRPC test clients (grpcurl, ghz) from Go modules into a git-ignored cache.
+# Idempotent: a binary that already reports the wanted version is not rebuilt.
 #
-#   e2e/tools/build.sh [kube|etcd|helm|all]    (default: all)
+#   e2e/tools/build.sh [kube|etcd|helm|grpcurl|ghz|all]    (default: all)
 #
 # Output: $AGENTID_BIN_DIR (default <repo>/.cache/bin)
 set -euo pipefail
@@ -11,6 +11,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
+# gRPC clients for the decision point's ext_authz interface (e2e, load); override like versions.env.
+GRPCURL_VERSION=${GRPCURL_VERSION:-v1.9.4}
+GHZ_VERSION=${GHZ_VERSION:-v0.121.0}
 bin=${AGENTID_BIN_DIR:-$root/.cache/bin}
 work=${AGENTID_BUILD_DIR:-$root/.cache/build}
 mkdir -p "$bin" "$work"
@@ -93,10 +96,40 @@ build_helm() {
   GOBIN="$bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# A command from a Go module, built in its own module directory (so its go.mod requirements are
+# resolved for this Go toolchain and never mix with another tool's) with the version stamped in.
+build_go_tool() { # name package version version-variable
+  local name=$1 pkg=$2 version=$3 var=$4
+  # grpcurl and ghz print their version on stderr.
+  if [ -x "$bin/$name" ] && [[ $("$bin/$name" --version 2>&1 || true) == *"${version#v}"* ]]; then
+    log "$name $version present"; return
+  fi
+  local mod="$work/$name-$version"
+  mkdir -p "$mod"
+  cat > "$mod/go.mod" <<EOM
+module agentid.dev/e2e/$name
+
+go $(go env GOVERSION | sed 's/^go//')
+EOM
+  log "building $name $version"
+  (cd "$mod" && go get "$pkg@$version" &&
+    go build -trimpath -ldflags "-s -w -X $var=$version" -o "$bin/$name" "$pkg")
+}
+
+build_grpcurl() {
+  build_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION" main.version
+}
+
+build_ghz() {
+  build_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION" main.version
+}
+
 case "${1:-all}" in
   kube) build_kube ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  all) build_etcd; build_kube; build_helm ;;
-  *) echo "usage: $0 [kube|etcd|helm|all]" >&2; exit 2 ;;
+  grpcurl) build_grpcurl ;;
+  ghz) build_ghz ;;
+  all) build_etcd; build_kube; build_helm; build_grpcurl; build_ghz ;;
+  *) echo "usage: $0 [kube|etcd|helm|grpcurl|ghz|all]" >&2; exit 2 ;;
 esac

@@ -411,7 +411,7 @@ pub async fn start_webhook(
         addr: args.webhook_addr,
         extra: vec![
             ExtraListener { name: "broker", addr: args.broker_addr, app: webhook::tokens::router(broker) },
-            ExtraListener { name: "pdp", addr: args.pdp_addr, app: pdp::http::router(pdp) },
+            ExtraListener { name: "pdp", addr: args.pdp_addr, app: pdp::grpc::interfaces(pdp) },
         ],
         certs: args.cert_source(),
         client_ca: args.webhook_client_ca_file.clone(),

@@ -4,9 +4,11 @@
 //! for per-task limits, see [`budget`]) and writes one decision-log line per decision.
 //!
 //! Interfaces: [`http`] (OpenID AuthZEN, forward-auth for nginx / Traefik / Caddy / Envoy's HTTP
-//! ext_authz). Every replica serves them on their own TLS listener (`--pdp-addr`).
+//! ext_authz) and [`grpc`] (Envoy ext_authz v3, for Envoy, Istio `CUSTOM` policies, Envoy Gateway and
+//! agentgateway). Every replica serves them on one TLS listener of their own (`--pdp-addr`).
 
 pub mod budget;
+pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod watch;
@@ -95,6 +97,17 @@ pub struct PdpState {
     /// Set once every watch has listed and the issuer's keys are loaded; until then every decision is a
     /// deny (`not-ready`).
     pub ready: AtomicBool,
+    verified: Mutex<VerifiedTokens>,
+}
+
+/// Most verified tokens remembered (by SHA-256) at once.
+const VERIFIED_TOKENS: usize = 65_536;
+
+#[derive(Default)]
+struct VerifiedTokens {
+    /// The keys the entries were verified with.
+    keys: Option<Arc<keys::IssuerKeys>>,
+    tokens: HashMap<[u8; 32], Arc<jwt::ServiceAccountToken>>,
 }
 
 impl PdpState {
@@ -115,6 +128,7 @@ impl PdpState {
             keys,
             metrics,
             ready: AtomicBool::new(false),
+            verified: Mutex::new(VerifiedTokens::default()),
         }
     }
 
@@ -146,9 +160,38 @@ impl PdpState {
         caller::identify(&token, &snap, account.as_ref(), anchor.as_ref(), &self.config.audience)
     }
 
-    fn verify(&self, bearer: &str, now: i64) -> Result<jwt::ServiceAccountToken, jwt::TokenError> {
+    /// Verifies a token's signature and claims, remembering the result until the token expires: a
+    /// signature does not stop being valid (the cache is dropped when the issuer's keys change), while
+    /// everything that can be revoked — the ServiceAccount, the agent, the task's anchor — is looked up
+    /// again on every call by [`caller::identify`].
+    fn verify(&self, bearer: &str, now: i64) -> Result<Arc<jwt::ServiceAccountToken>, jwt::TokenError> {
+        use sha2::{Digest, Sha256};
         let keys = self.keys.current().ok_or(jwt::TokenError::UnknownKey)?;
-        jwt::verify(bearer, &keys.keys, &keys.issuer, now, &|_| true)
+        let hash: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        {
+            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if !cache.keys.as_ref().is_some_and(|k| Arc::ptr_eq(k, &keys)) {
+                cache.tokens.clear();
+                cache.keys = Some(keys.clone());
+            }
+            if let Some(t) = cache.tokens.get(&hash) {
+                if now <= t.expires_at.saturating_add(jwt::LEEWAY_SECS) {
+                    return Ok(t.clone());
+                }
+                cache.tokens.remove(&hash);
+                return Err(jwt::TokenError::Expired);
+            }
+        }
+        let token = Arc::new(jwt::verify(bearer, &keys.keys, &keys.issuer, now, &|_| true)?);
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.tokens.len() >= VERIFIED_TOKENS {
+            cache.tokens.retain(|_, t| now <= t.expires_at);
+            if cache.tokens.len() >= VERIFIED_TOKENS {
+                cache.tokens.clear();
+            }
+        }
+        cache.tokens.insert(hash, token.clone());
+        Ok(token)
     }
 
     /// Decides one question from a caller presenting `bearer`: authentication, the pure decision, the
