@@ -670,6 +670,9 @@ async fn start_opa(opa: &str, dir: &std::path::Path, target: &Target) -> Opa {
         .args(["run", "--server", "--addr", &target.addr.to_string(), "--log-level", "error"])
         // OPA's documented storage optimisation for read-heavy policies (data kept as AST values).
         .arg("--optimize-store-for-read-speed")
+        // agentid remembers verified tokens until they expire; OPA's equivalent is its io.jwt cache of
+        // verified tokens, off by default: turned on, so both engines verify each token once.
+        .args(["--set", "caching.inter_query_builtin_value_cache.named.io_jwt.max_num_entries=10000"])
         .arg("--tls-cert-file")
         .arg(dir.join("tls.crt"))
         .arg("--tls-private-key-file")

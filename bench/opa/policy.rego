@@ -14,8 +14,9 @@
 #   read-heavy policies.
 # - The caller's ServiceAccount token is verified in Rego with `io.jwt.decode_verify` against the issuer's
 #   JWKS (kept as a string in data, which OPA parses once and caches), checking issuer, audience and
-#   expiry — what agentid does on every call. OPA's cache of verified tokens (`io_jwt`) is off by default
-#   and is left off: agentid does not cache verifications either.
+#   expiry, as agentid does. agentid remembers a verified token until it expires (the revocable bindings —
+#   ServiceAccount uid, agent, task anchor — are still looked up on every call), so OPA's own cache of
+#   verified tokens (`io_jwt`, off by default) is turned on in the bench (`--set caching.…io_jwt…`).
 # - The same checks, in the same order, with the same reason codes: the token (unauthenticated), the
 #   ServiceAccount being the one created for the agent (uid), the agent (uid, not suspended, Ready), a
 #   grant for the tool, then per grant: in force, action (none listed = all), destination (URL prefix with
