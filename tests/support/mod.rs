@@ -274,24 +274,9 @@ impl Webhook {
 
     /// `POST path` over TLS (verified against the CA) with an optional bearer token: `(status, body)`.
     pub async fn post(&self, path: &str, bearer: Option<&str>) -> (u16, String) {
-        use rustls_pki_types::pem::PemObject;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&self.ca_pem().await) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
-        let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let req =
-            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let _ = tls.read_to_end(&mut buf).await;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| ("Authorization", a)).into_iter().collect();
+        let (status, text) = self.https(self.addr, "POST", path, &headers, "").await;
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
     }
