@@ -303,7 +303,11 @@ async fn running_as_an_agent_needs_use_on_its_identity() {
     let pod: Pod = from_yaml(&good_agent_pod(&env.ns));
     let msg = wait_until(std::time::Duration::from_secs(20), "agent known to the webhook", || async {
         match dev_pods.create(&PostParams::default(), &pod).await {
-            Err(kube::Error::Api(s)) if s.message.contains("agent-use-denied") => Some(s.message),
+            Err(kube::Error::Api(s))
+                if s.message.contains("agent-use-denied") && !s.message.contains("unknown-agent") =>
+            {
+                Some(s.message)
+            }
             // The webhook's cache has not seen the agent yet, or the apiserver's RBAC cache the binding.
             Err(kube::Error::Api(s))
                 if s.message.contains("unknown-agent") || s.message.starts_with("pods is forbidden") =>
@@ -329,7 +333,12 @@ async fn running_as_an_agent_needs_use_on_its_identity() {
     wait_until(std::time::Duration::from_secs(20), "dev may run the triage agent", || async {
         match dev_pods.create(&PostParams::default(), &pod).await {
             Ok(_) => Some(()),
-            Err(kube::Error::Api(s)) if s.message.contains("agent-use-denied") => None,
+            // The RBAC cache catching up (or, transiently, the webhook's cache of the agent's status).
+            Err(kube::Error::Api(s))
+                if s.message.contains("agent-use-denied") || s.message.contains("unknown-agent") =>
+            {
+                None
+            }
             Err(e) => panic!("unexpected: {e}"),
         }
     })
