@@ -190,6 +190,8 @@ stop_one() { # name
 }
 
 down() {
+  stop_one nginx
+  stop_one upstream
   stop_one agentid
   stop_one kube-apiserver
   stop_one etcd

@@ -83,10 +83,48 @@ say "decision point (AuthZEN): the granted call"
 ask https://api.github.com/repos/acme/payments/issues
 say "decision point: an ungranted destination, denied with its reason"
 ask https://api.github.com/repos/acme/billing/issues
+say "through nginx, the enforcement point in front of a tool (the CRM): e2e/nginx/agentid-pep.conf.example"
+kubectl apply -f - <<'EOF'
+apiVersion: agentid.dev/v1alpha1
+kind: ToolGrant
+metadata: {name: triage-bot-crm, namespace: agents}
+spec:
+  agentRef: {name: triage-bot}
+  tools: [{name: crm, actions: [read], destinations: ['http://crm.local/api/'], maxDataSensitivity: internal}]
+  validUntil: "2030-01-01T00:00:00Z"
+EOF
+kubectl wait toolgrant/triage-bot-crm -n agents --for=jsonpath='{.status.phase}'=Active --timeout=60s >/dev/null
+nginx_bin=$(e2e/tools/nginx.sh)
+for p in nginx upstream; do [ -f "$dir/pids/$p" ] && kill "$(cat "$dir/pids/$p")" 2>/dev/null || true; done
+ndir="$dir/nginx"; rm -rf "$ndir"; mkdir -p "$ndir/www/api" "$ndir/www/other"
+echo '{"accounts": ["acme", "globex"]}' > "$ndir/www/api/accounts"
+echo 'not for agents' > "$ndir/www/other/admin"
+upstream_port=$(free_port); nginx_port=$(free_port)
+setsid python3 -m http.server "$upstream_port" --bind 127.0.0.1 --directory "$ndir/www" >"$ndir/upstream.log" 2>&1 </dev/null &
+echo $! > "$dir/pids/upstream"
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$upstream_port/" && break; sleep 0.1; done
+cp "$ca" "$ndir/agentid-ca.crt"
+sed -e "s|listen 80;|listen 127.0.0.1:$nginx_port;|" -e "s|http://crm-backend:8080|http://127.0.0.1:$upstream_port|" \
+  -e "s|https://agentid.agentid-system.svc:8445/forward-auth|https://127.0.0.1:$pdp_port/forward-auth|" \
+  -e "s|proxy_ssl_name agentid.agentid-system.svc;|proxy_ssl_name localhost;|" \
+  -e "s|/etc/nginx/agentid-ca.crt|$ndir/agentid-ca.crt|" e2e/nginx/agentid-pep.conf.example > "$ndir/agentid-pep.conf"
+sed -e "s|@DIR@|$ndir|g" e2e/nginx/test-nginx.conf > "$ndir/nginx.conf"
+setsid "$nginx_bin" -p "$ndir" -e "$ndir/error.log" -c "$ndir/nginx.conf" >/dev/null 2>&1 </dev/null &
+echo $! > "$dir/pids/nginx"
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break; sleep 0.1; done
+through_nginx() { # path
+  curl -s -o /dev/null -w "GET http://crm.local$1 -> %{http_code} %header{x-agentid-reason}\n" \
+    -H "Authorization: Bearer $task_token" -H 'Host: crm.local' "http://127.0.0.1:$nginx_port$1"
+}
+through_nginx /api/accounts
+through_nginx /other/admin
+echo "(the CRM got $(grep -c 'GET /api/accounts' "$ndir/upstream.log") call, none to /other/; nginx strips the agent's token before the CRM — tests/e2e_nginx.rs checks that)"
+
 say "the task is completed: the same granted call is denied at the next decision"
 kubectl patch agenttask triage-ticket-42 -n agents --type merge -p '{"spec":{"completed":true}}'
 sleep 1
 ask https://api.github.com/repos/acme/payments/issues
+through_nginx /api/accounts
 say "offline review of a grant in a pull request: agentid decide"
 target/release/agentid decide --agent agents/triage-bot --tool github.create_issue --action create \
   --destination https://api.github.com/repos/acme/billing/issues --task triage-ticket-42 config/samples/ || true
