@@ -11,12 +11,6 @@ use tracing::{debug, warn};
 
 use crate::api::{AgentTask, ReplicaUsage};
 use crate::core::pdp::budget::{self, Need};
-use crate::core::pdp::{Charge, DecisionRequest, Snapshot};
-
-/// The limits an allowed call spends from.
-pub fn limits_of(snap: &Snapshot, req: &DecisionRequest, charge: &Charge) -> Vec<Need> {
-    budget::needs(snap, req, charge)
-}
 
 type Key = (String, String, String);
 

@@ -219,24 +219,8 @@ impl PdpState {
             Ok(c) => c,
             Err(e) => return (Decision::deny(ReasonCode::Unauthenticated, e), None),
         };
-        if let Some(subject) = &q.subject {
-            let spiffe = {
-                let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
-                snap.agent(&caller.namespace, &caller.agent).map(|a| a.spiffe_id.clone())
-            };
-            if Some(subject) != spiffe.as_ref() && *subject != format!("{}/{}", caller.namespace, caller.agent) {
-                let d = Decision::deny(ReasonCode::BadRequest, "subject.id names another agent than the credential");
-                return (d, Some(caller));
-            }
-        }
-        if let (Some(bound), Some(named)) = (&caller.task, &q.task)
-            && bound != named
-        {
-            let d = Decision::deny(
-                ReasonCode::BadRequest,
-                format!("the request names task {named:?}, the token is bound to task {bound:?}"),
-            );
-            return (d, Some(caller));
+        if let Err(e) = caller::check_claims(&caller, q.subject.as_deref(), q.task.as_deref()) {
+            return (Decision::deny(ReasonCode::BadRequest, e), Some(caller));
         }
         let req = DecisionRequest {
             namespace: caller.namespace.clone(),
@@ -251,18 +235,19 @@ impl PdpState {
             argument_names: q.argument_names.clone(),
         };
         let now = Timestamp::now();
-        let decision = {
+        // One read of the snapshot for the decision and the limits an allowed call spends from.
+        let (decision, limits) = {
             let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
-            let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-            crate::core::pdp::decide(&req, &snap, &*usage, now, &self.config.decide)
+            let decision = {
+                let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                crate::core::pdp::decide(&req, &snap, &*usage, now, &self.config.decide)
+            };
+            let limits = decision.charge.as_ref().map(|c| crate::core::pdp::budget::needs(&snap, &req, c));
+            (decision, limits.unwrap_or_default())
         };
         let Some(charge) = decision.charge.clone() else { return (decision, Some(caller)) };
         // Per-task limits hold across replicas: an allowed call spends a unit of a budget slice this
         // replica holds for the task (claimed from the AgentTask's status when it has none left).
-        let limits = {
-            let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
-            budget::limits_of(&snap, &req, &charge)
-        };
         if let Err(why) = self.budgets.spend(&req.namespace, &limits).await {
             let mut d = Decision::deny(ReasonCode::LimitExceeded, why);
             d.grant = Some(charge.grant.clone());
@@ -273,17 +258,13 @@ impl PdpState {
     }
 
     fn answer(&self, d: &Decision, caller: Option<&Caller>) -> Answer {
-        let spiffe = caller.and_then(|c| {
-            let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
-            snap.agent(&c.namespace, &c.agent).map(|a| a.spiffe_id.clone())
-        });
         Answer {
             decision_id: decision_id(),
             decision: d.outcome.as_str(),
             reasons: d.reasons.iter().map(|r| r.as_str()).collect(),
             grant: d.grant.clone(),
             explanation: d.explanation.clone(),
-            agent: spiffe,
+            agent: caller.map(|c| c.spiffe_id.clone()),
         }
     }
 

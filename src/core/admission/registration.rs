@@ -218,25 +218,16 @@ pub fn desired(reg: &Registration) -> ValidatingWebhookConfiguration {
     }
 }
 
-/// The binding that makes policy `name` deny.
-fn deny_binding(name: String, labels: Option<BTreeMap<String, String>>) -> ValidatingAdmissionPolicyBinding {
-    ValidatingAdmissionPolicyBinding {
-        metadata: ObjectMeta { name: Some(name.clone()), labels, ..Default::default() },
-        spec: ValidatingAdmissionPolicyBindingSpec {
-            policy_name: name,
-            validation_actions: vec!["Deny".into()],
-            ..Default::default()
-        },
-    }
-}
-
-/// The ValidatingAdmissionPolicy (and its binding) that refuses a misspelled enforcement label on a
-/// Namespace: `agentid.dev/enforcement: Enforce` would otherwise silently mean "not judged". Enforced by
-/// the apiserver itself, so it works whether or not agentid is up.
-pub fn enforcement_label_policy(reg: &Registration) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let name = format!("{}-enforcement-label", reg.name);
+/// A ValidatingAdmissionPolicy on Namespaces (CREATE/UPDATE as `operations` say) with one validation,
+/// failing closed, and the binding that makes it deny. Enforced by the apiserver itself, so it works
+/// whether or not agentid is up.
+fn namespace_policy(
+    name: String,
+    operations: &[&str],
+    variables: Option<Vec<Variable>>,
+    validation: Validation,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())]));
-    let modes: Vec<String> = Enforcement::ALL.iter().map(|m| format!("'{m}'")).collect();
     let policy = ValidatingAdmissionPolicy {
         metadata: ObjectMeta { name: Some(name.clone()), labels: labels.clone(), ..Default::default() },
         spec: Some(ValidatingAdmissionPolicySpec {
@@ -245,29 +236,45 @@ pub fn enforcement_label_policy(reg: &Registration) -> (ValidatingAdmissionPolic
                 resource_rules: Some(vec![NamedRuleWithOperations {
                     api_groups: Some(vec![String::new()]),
                     api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    operations: Some(operations.iter().map(|o| o.to_string()).collect()),
                     resources: Some(vec!["namespaces".into()]),
                     ..Default::default()
                 }]),
                 ..Default::default()
             }),
-            validations: Some(vec![Validation {
-                expression: format!(
-                    "!has(object.metadata.labels) || !('{ENFORCEMENT_LABEL}' in object.metadata.labels) || object.metadata.labels['{ENFORCEMENT_LABEL}'] in [{}]",
-                    modes.join(", ")
-                ),
-                message: Some(format!(
-                    "label {ENFORCEMENT_LABEL} must be enforce, warn or audit (agentid would not judge this namespace)"
-                )),
-                reason: Some("Invalid".into()),
-                ..Default::default()
-            }]),
+            variables,
+            validations: Some(vec![validation]),
             ..Default::default()
         }),
         status: None,
     };
-    let binding = deny_binding(name, labels);
+    let binding = ValidatingAdmissionPolicyBinding {
+        metadata: ObjectMeta { name: Some(name.clone()), labels, ..Default::default() },
+        spec: ValidatingAdmissionPolicyBindingSpec {
+            policy_name: name,
+            validation_actions: vec!["Deny".into()],
+            ..Default::default()
+        },
+    };
     (policy, binding)
+}
+
+/// The ValidatingAdmissionPolicy (and its binding) that refuses a misspelled enforcement label on a
+/// Namespace: `agentid.dev/enforcement: Enforce` would otherwise silently mean "not judged".
+pub fn enforcement_label_policy(reg: &Registration) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let modes: Vec<String> = Enforcement::ALL.iter().map(|m| format!("'{m}'")).collect();
+    let validation = Validation {
+        expression: format!(
+            "!has(object.metadata.labels) || !('{ENFORCEMENT_LABEL}' in object.metadata.labels) || object.metadata.labels['{ENFORCEMENT_LABEL}'] in [{}]",
+            modes.join(", ")
+        ),
+        message: Some(format!(
+            "label {ENFORCEMENT_LABEL} must be enforce, warn or audit (agentid would not judge this namespace)"
+        )),
+        reason: Some("Invalid".into()),
+        ..Default::default()
+    };
+    namespace_policy(format!("{}-enforcement-label", reg.name), &["CREATE", "UPDATE"], None, validation)
 }
 
 /// The ValidatingAdmissionPolicy (and binding) that lets only members of `admins` lower or remove a
@@ -278,8 +285,6 @@ pub fn enforcement_guard_policy(
     reg: &Registration,
 ) -> Option<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     let admins = reg.enforcement_admins.as_ref()?;
-    let name = format!("{}-enforcement-guard", reg.name);
-    let labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())]));
     let mode_of = |obj: &str| {
         format!(
             "has({obj}.metadata.labels) && '{ENFORCEMENT_LABEL}' in {obj}.metadata.labels ? {obj}.metadata.labels['{ENFORCEMENT_LABEL}'] : ''"
@@ -293,44 +298,25 @@ pub fn enforcement_guard_policy(
     let quoted: Vec<String> =
         admins.iter().map(|g| format!("'{}'", g.replace('\\', "\\\\").replace('\'', "\\'"))).collect();
     let variable = |name: &str, expression: String| Variable { name: name.into(), expression };
-    let policy = ValidatingAdmissionPolicy {
-        metadata: ObjectMeta { name: Some(name.clone()), labels: labels.clone(), ..Default::default() },
-        spec: Some(ValidatingAdmissionPolicySpec {
-            failure_policy: Some("Fail".into()),
-            match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![NamedRuleWithOperations {
-                    api_groups: Some(vec![String::new()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["UPDATE".into()]),
-                    resources: Some(vec!["namespaces".into()]),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            variables: Some(vec![
-                variable("oldMode", mode_of("oldObject")),
-                variable("newMode", mode_of("object")),
-                variable("oldRank", rank("oldMode")),
-                variable("newRank", rank("newMode")),
-            ]),
-            validations: Some(vec![Validation {
-                expression: format!(
-                    "variables.newRank >= variables.oldRank || (has(request.userInfo.groups) && request.userInfo.groups.exists(g, g in [{}]))",
-                    quoted.join(", ")
-                ),
-                message_expression: Some(format!(
-                    "'lowering or removing the label {ENFORCEMENT_LABEL} (from ' + variables.oldMode + ') is reserved to the groups {}: ask the platform team'",
-                    admins.join(", ").replace('\'', "")
-                )),
-                reason: Some("Forbidden".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
+    let variables = vec![
+        variable("oldMode", mode_of("oldObject")),
+        variable("newMode", mode_of("object")),
+        variable("oldRank", rank("oldMode")),
+        variable("newRank", rank("newMode")),
+    ];
+    let validation = Validation {
+        expression: format!(
+            "variables.newRank >= variables.oldRank || (has(request.userInfo.groups) && request.userInfo.groups.exists(g, g in [{}]))",
+            quoted.join(", ")
+        ),
+        message_expression: Some(format!(
+            "'lowering or removing the label {ENFORCEMENT_LABEL} (from ' + variables.oldMode + ') is reserved to the groups {}: ask the platform team'",
+            admins.join(", ").replace('\'', "")
+        )),
+        reason: Some("Forbidden".into()),
+        ..Default::default()
     };
-    let binding = deny_binding(name, labels);
-    Some((policy, binding))
+    Some(namespace_policy(format!("{}-enforcement-guard", reg.name), &["UPDATE"], Some(variables), validation))
 }
 
 #[cfg(test)]

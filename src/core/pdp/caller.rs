@@ -38,6 +38,8 @@ pub struct Caller {
     pub namespace: String,
     pub agent: String,
     pub agent_uid: String,
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: String,
     /// The task the credential is bound to (task tokens), if any.
     pub task: Option<String>,
     /// The token's id, to join decisions to the apiserver's audit records.
@@ -88,9 +90,28 @@ pub fn identify(
         namespace: ns.clone(),
         agent: agent.name.clone(),
         agent_uid: agent.uid.clone(),
+        spiffe_id: agent.spiffe_id.clone(),
         task,
         credential_id: token.id.clone(),
     })
+}
+
+/// Whether what a request says of itself agrees with its credential: a subject, if named, is the
+/// caller's agent (its SPIFFE ID or `<namespace>/<name>`), and a task, if named, is the one a task token
+/// is bound to. `Err` is the explanation of a `bad-request` denial.
+pub fn check_claims(caller: &Caller, subject: Option<&str>, task: Option<&str>) -> Result<(), String> {
+    if let Some(subject) = subject
+        && subject != caller.spiffe_id
+        && subject != format!("{}/{}", caller.namespace, caller.agent)
+    {
+        return Err("subject.id names another agent than the credential".into());
+    }
+    if let (Some(bound), Some(named)) = (&caller.task, task)
+        && bound != named
+    {
+        return Err(format!("the request names task {named:?}, the token is bound to task {bound:?}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -168,5 +189,18 @@ mod tests {
         assert!(identify(&t, &snap, Some(&account()), Some(&other_anchor), pdp).is_err());
         let t = token(Some(("agentid-task-t1", "anchor-uid")), "https://elsewhere");
         assert!(identify(&t, &snap, Some(&account()), Some(&anchor()), pdp).unwrap_err().contains("audience"));
+    }
+
+    #[test]
+    fn what_a_request_says_must_agree_with_its_credential() {
+        let snap = snapshot();
+        let aud = snap.task("agents", "t1").unwrap().audiences[0].clone();
+        let t = token(Some(("agentid-task-t1", "anchor-uid")), &aud);
+        let c = identify(&t, &snap, Some(&account()), Some(&anchor()), "agentid-pdp").unwrap();
+        assert_eq!(check_claims(&c, None, None), Ok(()));
+        assert_eq!(check_claims(&c, Some("spiffe://cluster.local/ns/agents/agent/bot"), Some("t1")), Ok(()));
+        assert_eq!(check_claims(&c, Some("agents/bot"), None), Ok(()));
+        assert!(check_claims(&c, Some("agents/other"), None).is_err());
+        assert!(check_claims(&c, None, Some("t2")).unwrap_err().contains("bound to task \"t1\""));
     }
 }
