@@ -11,12 +11,21 @@ echo "== unit tests and CRD drift (no cluster)"
 cargo test --locked
 
 export AGENTID_CLUSTER_DIR="${AGENTID_TEST_CLUSTER_DIR:-$root/.cache/test-cluster}"
+results="$root/.cache/e2e-results.log"
+mkdir -p "$root/.cache"
+: > "$results"
 cleanup() {
   local rc=$?
   e2e/cluster.sh down || true
   if [ $rc -ne 0 ]; then
     echo "== tests failed; control-plane logs kept in $AGENTID_CLUSTER_DIR/logs" >&2
     tail -n 20 "$AGENTID_CLUSTER_DIR/logs/kube-apiserver.log" >&2 2>/dev/null || true
+    # Last, so a CI log that keeps only its tail still names what failed and why.
+    if [ -s "$results" ]; then
+      echo "== failed tests (full output in $results)" >&2
+      grep -E "^test .* FAILED$|^---- |panicked at|^thread '.*' panicked|^error(\[|:)" "$results" | tail -n 40 >&2 || true
+      grep -A12 "panicked at" "$results" | tail -n 60 >&2 || true
+    fi
   fi
   exit $rc
 }
@@ -26,4 +35,4 @@ e2e/cluster.sh up
 export KUBECONFIG="$AGENTID_CLUSTER_DIR/kubeconfig"
 echo "== nginx for tests/e2e_nginx.rs: $(e2e/tools/nginx.sh)"
 echo "== integration tests against the real kube-apiserver"
-cargo test --locked --features e2e --test 'e2e_*' -- --test-threads=4
+cargo test --locked --no-fail-fast --features e2e --test 'e2e_*' -- --test-threads=4 2>&1 | tee "$results"
