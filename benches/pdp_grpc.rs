@@ -72,7 +72,12 @@ fn benches(c: &mut Criterion) {
     });
 
     let state = Arc::new(PdpState::new(
-        PdpConfig { audience: "agentid-pdp".into(), decide: Default::default(), replica: "bench".into() },
+        PdpConfig {
+            audience: "agentid-pdp".into(),
+            decide: Default::default(),
+            replica: "bench".into(),
+            ..Default::default()
+        },
         "cluster.local",
         Arc::new(KeySource::fixed(IssuerKeys { issuer: "x".into(), keys: KeySet { keys: vec![] } })),
         Arc::new(Budgets::local()),

@@ -119,6 +119,20 @@ pub struct RunArgs {
     /// Sensitivity a tool call that states none is judged at.
     #[arg(long, env = "AGENTID_PDP_DEFAULT_SENSITIVITY", default_value = "internal", value_parser = parse_sensitivity)]
     pub pdp_default_sensitivity: crate::api::DataSensitivity,
+    /// CA bundle (PEM) of enforcement points' client certificates. The decision point then verifies a
+    /// client certificate when one is presented (agents keep calling with bearer tokens, without one).
+    /// Reloaded on change.
+    #[arg(long, env = "AGENTID_PDP_CLIENT_CA_FILE")]
+    pub pdp_client_ca_file: Option<PathBuf>,
+    /// A URI or DNS name in the client certificate of an enforcement point that terminates the agents'
+    /// mTLS, whose ext_authz `source.principal` then identifies the agent without a token
+    /// (comma-separated or repeated). Needs --pdp-client-ca-file.
+    #[arg(long, env = "AGENTID_PDP_TRUSTED_PEP", value_delimiter = ',', requires = "pdp_client_ca_file")]
+    pub pdp_trusted_pep: Vec<String>,
+    /// Trust domains of mesh identities (`spiffe://<td>/ns/<ns>/sa/<sa>`) accepted from trusted
+    /// enforcement points besides --trust-domain (comma-separated or repeated).
+    #[arg(long, env = "AGENTID_PDP_MESH_TRUST_DOMAIN", value_delimiter = ',')]
+    pub pdp_mesh_trust_domain: Vec<String>,
 }
 
 pub fn parse_sensitivity(s: &str) -> std::result::Result<crate::api::DataSensitivity, String> {
@@ -316,6 +330,8 @@ pub fn start_pdp(args: &RunArgs, client: Client, metrics: Arc<Metrics>, ready: A
         audience: args.pdp_audience.clone(),
         decide: crate::core::pdp::DecideConfig { default_sensitivity: args.pdp_default_sensitivity },
         replica: replica.clone(),
+        trusted_peps: args.pdp_trusted_pep.clone(),
+        mesh_trust_domains: args.pdp_mesh_trust_domain.clone(),
     };
     let budgets = Arc::new(pdp::budget::Budgets::new(client.clone(), &replica));
     tokio::spawn(budgets.clone().report_periodically(Duration::from_secs(5)));
@@ -410,8 +426,18 @@ pub async fn start_webhook(
     let cfg = ServeConfig {
         addr: args.webhook_addr,
         extra: vec![
-            ExtraListener { name: "broker", addr: args.broker_addr, app: webhook::tokens::router(broker) },
-            ExtraListener { name: "pdp", addr: args.pdp_addr, app: pdp::grpc::interfaces(pdp) },
+            ExtraListener {
+                name: "broker",
+                addr: args.broker_addr,
+                app: webhook::tokens::router(broker),
+                client_ca: None,
+            },
+            ExtraListener {
+                name: "pdp",
+                addr: args.pdp_addr,
+                app: pdp::grpc::interfaces(pdp),
+                client_ca: args.pdp_client_ca_file.clone(),
+            },
         ],
         certs: args.cert_source(),
         client_ca: args.webhook_client_ca_file.clone(),

@@ -39,9 +39,10 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use serde_json::Value;
 use tonic::Code;
 
-use super::{Answer, PdpState, Question};
+use super::{Answer, Credentials, PdpState, Question};
 use crate::api::DataSensitivity;
 use crate::core::pdp::ReasonCode;
+use crate::server::listener::PeerIdentity;
 
 /// Largest request body (sent by the proxy with `with_request_body`) read for an MCP call.
 pub const MAX_BODY: usize = super::http::MAX_BODY;
@@ -73,14 +74,29 @@ impl Authorization for ExtAuthz {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(check(&self.0, request.get_ref()).await))
+        let peer = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+        Ok(tonic::Response::new(check_from(&self.0, request.get_ref(), peer.as_deref()).await))
     }
 }
 
-/// Decides one `CheckRequest`. Never fails: a request that cannot be understood is a deny (`bad-request`).
+/// Decides one `CheckRequest` from a caller without a client certificate.
 pub async fn check(state: &PdpState, req: &CheckRequest) -> CheckResponse {
+    check_from(state, req, None).await
+}
+
+/// Decides one `CheckRequest` from an enforcement point whose verified client certificate names `peer`;
+/// its `source.principal` identifies the agent when `peer` is one of the trusted enforcement points.
+/// Never fails: a request that cannot be understood is a deny (`bad-request`).
+pub async fn check_from(state: &PdpState, req: &CheckRequest, peer: Option<&PeerIdentity>) -> CheckResponse {
     match question(req) {
-        Ok((q, bearer)) => response(&state.check(bearer.as_deref(), q).await),
+        Ok((q, bearer)) => {
+            let creds = Credentials {
+                bearer: bearer.as_deref(),
+                principal: source_principal(req),
+                principal_trusted: peer.is_some_and(|p| p.is_any_of(&state.config.trusted_peps)),
+            };
+            response(&state.check_as(creds, q).await)
+        }
         Err(e) => {
             let started = Instant::now();
             let answer = Answer {
@@ -257,6 +273,13 @@ fn mcp_call(http: &HttpRequest) -> Result<Option<McpCall>, String> {
     Ok(Some(McpCall { tool, arguments }))
 }
 
+/// The peer principal the enforcement point reports for the downstream connection (the agent's
+/// certificate URI SAN when the proxy terminated its mTLS), if any.
+pub fn source_principal(req: &CheckRequest) -> Option<&str> {
+    let p = req.attributes.as_ref()?.source.as_ref()?.principal.as_str();
+    (!p.is_empty()).then_some(p)
+}
+
 /// The question an ext_authz `CheckRequest` asks, and the bearer token it presents.
 pub fn question(req: &CheckRequest) -> Result<(Question, Option<String>), String> {
     let attrs = req.attributes.as_ref().ok_or("no attributes: not an ext_authz CheckRequest")?;
@@ -393,6 +416,7 @@ mod tests {
     use axum::body::Body as AxumBody;
     use envoy_types::pb::envoy::config::core::v3::HeaderMap;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer as AttributeContextPeer;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::Request as AttrRequest;
     use http_body_util::BodyExt;
     use prost::Message;
@@ -611,8 +635,12 @@ mod tests {
     }
 
     fn state(ready: bool, keys: IssuerKeys, snapshot: Snapshot) -> Arc<PdpState> {
-        let config =
-            PdpConfig { audience: "agentid-pdp".into(), decide: DecideConfig::default(), replica: "test".into() };
+        let config = PdpConfig {
+            audience: "agentid-pdp".into(),
+            decide: DecideConfig::default(),
+            replica: "test".into(),
+            ..Default::default()
+        };
         let s = PdpState::new(
             config,
             "cluster.local",
@@ -627,6 +655,11 @@ mod tests {
 
     /// One unary gRPC call through the decision point's merged router, as the listener serves it.
     async fn call(app: Router, req: &CheckRequest) -> (String, CheckResponse) {
+        call_from(app, req, None).await
+    }
+
+    /// [`call`] over a connection whose verified client certificate names `peer`.
+    async fn call_from(app: Router, req: &CheckRequest, peer: Option<PeerIdentity>) -> (String, CheckResponse) {
         let msg = req.encode_to_vec();
         let mut framed = vec![0u8];
         framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
@@ -636,6 +669,10 @@ mod tests {
             .header("te", "trailers")
             .body(AxumBody::from(framed))
             .unwrap();
+        let mut http = http;
+        if let Some(p) = peer {
+            http.extensions_mut().insert(Arc::new(p));
+        }
         let res = app.oneshot(http).await.unwrap();
         assert_eq!(res.status(), 200);
         let collected = res.into_body().collect().await.unwrap();
@@ -711,5 +748,87 @@ mod tests {
         assert_eq!(r.status.as_ref().unwrap().code, Code::Unauthenticated as i32);
         let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else { panic!("{r:?}") };
         assert_eq!(d.status.as_ref().unwrap().code, 401);
+    }
+
+    #[tokio::test]
+    async fn the_peer_principal_counts_only_from_a_trusted_enforcement_point() {
+        let signer = Signer::new("k1");
+        let keys =
+            IssuerKeys { issuer: "https://kubernetes.default.svc".into(), keys: KeySet { keys: vec![signer.jwk()] } };
+        let (bot, other) = (ready_agent("bot"), ready_agent("other"));
+        let grants = [
+            active_grant("g1", "bot", vec![tool("search", &["post"], &["https://tools.example.com/mcp"])]),
+            active_grant("g2", "other", vec![tool("search", &["post"], &["https://tools.example.com/mcp"])]),
+        ];
+        let mut s = state(true, keys, Snapshot::build(&[bot.clone(), other.clone()], &grants, &[], "cluster.local"));
+        let config = PdpConfig {
+            trusted_peps: vec!["spiffe://cluster.local/ns/gateways/sa/envoy".into()],
+            ..Arc::get_mut(&mut s).unwrap().config.clone()
+        };
+        Arc::get_mut(&mut s).unwrap().config = config;
+        for a in [&bot, &other] {
+            let sa = a.service_account_name();
+            let name = a.metadata.name.clone().unwrap();
+            let uid = a.metadata.uid.clone().unwrap();
+            s.accounts.write().unwrap().insert(
+                ("agents".into(), sa.clone()),
+                AccountEntry { uid: format!("{sa}-uid"), agent: name, agent_uid: uid },
+            );
+        }
+        let with_principal = |principal: &str, auth: Option<&str>| {
+            let mut headers = vec![CALL, NAME];
+            if let Some(a) = auth {
+                headers.push(("authorization", a));
+            }
+            let mut r = req(&headers, MCP_CALL, &[]);
+            r.attributes.as_mut().unwrap().source =
+                Some(AttributeContextPeer { principal: principal.into(), ..Default::default() });
+            r
+        };
+        let envoy =
+            PeerIdentity { uris: vec!["spiffe://cluster.local/ns/gateways/sa/envoy".into()], dns_names: vec![] };
+        let stranger =
+            PeerIdentity { uris: vec!["spiffe://cluster.local/ns/gateways/sa/other".into()], dns_names: vec![] };
+        let bot_id = "spiffe://cluster.local/ns/agents/agent/bot";
+        let bot_mesh = format!("spiffe://cluster.local/ns/agents/sa/{}", bot.service_account_name());
+
+        // From the trusted enforcement point, either form identifies the agent: allowed under its grant.
+        for p in [bot_id, bot_mesh.as_str()] {
+            let (_, r) = call_from(merged(&s), &with_principal(p, None), Some(envoy.clone())).await;
+            assert_eq!(r.status.as_ref().unwrap().code, 0, "{p}: {r:?}");
+            assert_eq!(meta(&r, "grant").as_deref(), Some("g1"));
+        }
+        // The same request from a client without a certificate, or with another one: unauthenticated,
+        // saying why.
+        for peer in [None, Some(stranger.clone())] {
+            let (_, r) = call_from(merged(&s), &with_principal(bot_id, None), peer).await;
+            assert_eq!(r.status.as_ref().unwrap().code, Code::Unauthenticated as i32);
+            let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else { panic!("{r:?}") };
+            assert!(d.body.contains("not honoured"), "{}", d.body);
+        }
+        // A principal of no agent, or of a ServiceAccount agentid did not create: unauthenticated.
+        for p in
+            ["spiffe://cluster.local/ns/agents/agent/ghost", "spiffe://cluster.local/ns/agents/sa/default", "garbage"]
+        {
+            let (_, r) = call_from(merged(&s), &with_principal(p, None), Some(envoy.clone())).await;
+            assert_eq!(r.status.as_ref().unwrap().code, Code::Unauthenticated as i32, "{p}");
+        }
+        // A token and a principal must name the same agent.
+        let exp = k8s_openapi::jiff::Timestamp::now().as_second() + 300;
+        let token = signer.sign(&claims("agents", &other.service_account_name(), "agentid-pdp", exp, None));
+        let auth = format!("Bearer {token}");
+        let (_, r) = call_from(merged(&s), &with_principal(bot_id, Some(&auth)), Some(envoy.clone())).await;
+        assert_eq!(r.status.as_ref().unwrap().code, Code::Unauthenticated as i32);
+        let (_, r) = call_from(
+            merged(&s),
+            &with_principal("spiffe://cluster.local/ns/agents/agent/other", Some(&auth)),
+            Some(envoy),
+        )
+        .await;
+        assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+        assert_eq!(meta(&r, "grant").as_deref(), Some("g2"));
+        // From an untrusted client the principal is ignored and the token decides.
+        let (_, r) = call_from(merged(&s), &with_principal(bot_id, Some(&auth)), Some(stranger)).await;
+        assert_eq!(meta(&r, "grant").as_deref(), Some("g2"));
     }
 }

@@ -294,7 +294,12 @@ mod tests {
     fn ready_state() -> (Arc<PdpState>, String) {
         let signer = Signer::new("k1");
         let keys = KeySource::fixed(IssuerKeys { issuer: ISS.into(), keys: KeySet { keys: vec![signer.jwk()] } });
-        let config = PdpConfig { audience: "agentid-pdp".into(), decide: Default::default(), replica: "r".into() };
+        let config = PdpConfig {
+            audience: "agentid-pdp".into(),
+            decide: Default::default(),
+            replica: "r".into(),
+            ..Default::default()
+        };
         let state = PdpState::new(
             config,
             "cluster.local",
@@ -323,7 +328,12 @@ mod tests {
 
     fn not_ready_state() -> Arc<PdpState> {
         let keys = KeySource::fixed(IssuerKeys { issuer: ISS.into(), keys: KeySet::default() });
-        let config = PdpConfig { audience: "agentid-pdp".into(), decide: Default::default(), replica: "r".into() };
+        let config = PdpConfig {
+            audience: "agentid-pdp".into(),
+            decide: Default::default(),
+            replica: "r".into(),
+            ..Default::default()
+        };
         Arc::new(PdpState::new(
             config,
             "cluster.local",

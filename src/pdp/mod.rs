@@ -31,7 +31,7 @@ use budget::Budgets;
 use keys::KeySource;
 
 /// Settings of the decision point.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PdpConfig {
     /// Audience an agent's own ServiceAccount token must carry to be accepted here (task tokens carry their
     /// task's audiences instead).
@@ -39,6 +39,30 @@ pub struct PdpConfig {
     pub decide: DecideConfig,
     /// This replica's name (budgets and decision logs).
     pub replica: String,
+    /// Names (URI or DNS SANs) of enforcement points' client certificates whose ext_authz
+    /// `source.principal` identifies the agent (they terminated the agent's mTLS). Empty: principals are
+    /// never trusted, every caller presents a token.
+    pub trusted_peps: Vec<String>,
+    /// Trust domains of mesh identities (`spiffe://<td>/ns/<ns>/sa/<sa>`) accepted besides agentid's own.
+    pub mesh_trust_domains: Vec<String>,
+}
+
+/// What a caller presents to be identified.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The bearer token of the request.
+    pub bearer: Option<&'a str>,
+    /// The peer principal an enforcement point reports (ext_authz `source.principal`).
+    pub principal: Option<&'a str>,
+    /// Whether the enforcement point reporting `principal` presented a client certificate naming one of
+    /// [`PdpConfig::trusted_peps`]; an untrusted principal is ignored.
+    pub principal_trusted: bool,
+}
+
+impl<'a> Credentials<'a> {
+    pub fn bearer(bearer: Option<&'a str>) -> Self {
+        Credentials { bearer, ..Default::default() }
+    }
 }
 
 /// What a caller asks, before identification.
@@ -197,25 +221,55 @@ impl PdpState {
     /// Decides one question from a caller presenting `bearer`: authentication, the pure decision, the
     /// cross-replica budgets of an allowed call, the counters, the decision log and metrics.
     pub async fn check(&self, bearer: Option<&str>, question: Question) -> Answer {
+        self.check_as(Credentials::bearer(bearer), question).await
+    }
+
+    /// [`Self::check`] for a caller identified by a bearer token, a trusted peer principal, or both.
+    pub async fn check_as(&self, creds: Credentials<'_>, question: Question) -> Answer {
         let started = Instant::now();
-        let (decision, caller) = self.decide(bearer, &question).await;
+        let (decision, caller) = self.decide(creds, &question).await;
         let answer = self.answer(&decision, caller.as_ref());
         self.record(&answer, caller.as_ref(), &question, started);
         answer
     }
 
-    async fn decide(&self, bearer: Option<&str>, q: &Question) -> (Decision, Option<Caller>) {
+    /// Identifies the caller: a verified token, a trusted peer principal, or both (then they must name
+    /// the same agent). `Err` explains an `unauthenticated` denial.
+    pub async fn identify(&self, creds: Credentials<'_>) -> Result<Caller, String> {
+        let principal = creds.principal.filter(|p| !p.is_empty());
+        let trusted = principal.filter(|_| creds.principal_trusted);
+        let by_principal = |p: &str| {
+            let accounts = self.accounts.read().unwrap_or_else(|e| e.into_inner());
+            let snap = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+            caller::identify_principal(p, &snap, &accounts, &self.config.mesh_trust_domains)
+        };
+        match (creds.bearer, trusted) {
+            (Some(bearer), None) => self.authenticate(bearer).await,
+            (Some(bearer), Some(p)) => {
+                let by_token = self.authenticate(bearer).await?;
+                let by_peer = by_principal(p)?;
+                if (&by_token.namespace, &by_token.agent) != (&by_peer.namespace, &by_peer.agent) {
+                    return Err(format!("the peer principal {p} and the token name different agents"));
+                }
+                Ok(by_token)
+            }
+            (None, Some(p)) => by_principal(p),
+            (None, None) => Err(match principal {
+                Some(p) => format!(
+                    "no credential: the peer principal {p} is not honoured from this client (it presented no \
+                     client certificate of a trusted enforcement point, see --pdp-trusted-pep); present the \
+                     agent's task token as a Bearer token"
+                ),
+                None => "no credential: present the agent's task token as a Bearer token".into(),
+            }),
+        }
+    }
+
+    async fn decide(&self, creds: Credentials<'_>, q: &Question) -> (Decision, Option<Caller>) {
         if !self.is_ready() {
             return (Decision::deny(ReasonCode::NotReady, "the decision point is still loading its state"), None);
         }
-        let Some(bearer) = bearer else {
-            let d = Decision::deny(
-                ReasonCode::Unauthenticated,
-                "no credential: present the agent's task token as a Bearer token",
-            );
-            return (d, None);
-        };
-        let caller = match self.authenticate(bearer).await {
+        let caller = match self.identify(creds).await {
             Ok(c) => c,
             Err(e) => return (Decision::deny(ReasonCode::Unauthenticated, e), None),
         };

@@ -70,6 +70,42 @@ impl TlsHandle {
     }
 }
 
+/// The identities in the verified client certificate of a connection, as a request extension
+/// (`Arc<PeerIdentity>`): present only on listeners with a client CA, and only when the client presented
+/// a certificate that CA signed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// URI subject alternative names (SPIFFE IDs).
+    pub uris: Vec<String>,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// The subject alternative names of a DER certificate; none when it cannot be parsed (rustls
+    /// verified it, so that does not happen in practice).
+    pub fn of_certificate(der: &[u8]) -> PeerIdentity {
+        use x509_parser::extensions::GeneralName;
+        let mut id = PeerIdentity::default();
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return id };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::URI(u) => id.uris.push(u.to_string()),
+                    GeneralName::DNSName(d) => id.dns_names.push(d.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        id
+    }
+
+    /// Whether any of the certificate's names is one of `names`.
+    pub fn is_any_of(&self, names: &[String]) -> bool {
+        self.uris.iter().chain(&self.dns_names).any(|n| names.contains(n))
+    }
+}
+
 /// Open connections per peer address.
 #[derive(Default)]
 struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
@@ -191,11 +227,20 @@ async fn serve_connection(
         }
         Err(_) => return Some("handshake_timeout"),
     };
+    // A client certificate is only ever present once rustls verified it against the listener's client CA.
+    let peer_identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| {
+        let id = PeerIdentity::of_certificate(c.as_ref());
+        debug!(%peer, uris = ?id.uris, dns = ?id.dns_names, "client certificate verified");
+        Arc::new(id)
+    });
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(IdleIo { inner: stream, last: last.clone(), started });
     let service = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(id) = &peer_identity {
+            req.extensions_mut().insert(id.clone());
+        }
         req
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -283,5 +328,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_of_a_client_certificate_are_read_from_its_subject_alternative_names() {
+        use rcgen::{CertificateParams, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["envoy.gateways.svc".to_string()]).unwrap();
+        p.subject_alt_names.push(SanType::URI("spiffe://cluster.local/ns/gateways/sa/envoy".try_into().unwrap()));
+        let cert = p.self_signed(&key).unwrap();
+        let id = PeerIdentity::of_certificate(cert.der());
+        assert_eq!(id.uris, ["spiffe://cluster.local/ns/gateways/sa/envoy"]);
+        assert_eq!(id.dns_names, ["envoy.gateways.svc"]);
+        assert!(id.is_any_of(&["envoy.gateways.svc".into()]));
+        assert!(id.is_any_of(&["spiffe://cluster.local/ns/gateways/sa/envoy".into()]));
+        assert!(!id.is_any_of(&["spiffe://cluster.local/ns/gateways/sa/other".into(), "envoy".into()]));
+        // Garbage is no identity, not a panic.
+        assert_eq!(PeerIdentity::of_certificate(b"not a certificate"), PeerIdentity::default());
     }
 }

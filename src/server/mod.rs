@@ -28,6 +28,10 @@ pub struct ExtraListener {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub app: Router,
+    /// CA bundle (PEM file) of client certificates this listener verifies when a client presents one
+    /// (optional client authentication; the routes see the verified names as
+    /// [`listener::PeerIdentity`]).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// How the HTTPS endpoints are served and the admission webhook registered.
@@ -71,7 +75,55 @@ async fn read_client_ca(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>> {
         Some(p) => tokio::fs::read(p)
             .await
             .map(Some)
-            .map_err(|e| Error::Tls(format!("cannot read the webhook client CA {}: {e}", p.display()))),
+            .map_err(|e| Error::Tls(format!("cannot read the client CA {}: {e}", p.display()))),
+    }
+}
+
+/// One listener's TLS: its handle and where its client CA comes from.
+struct TlsSlot {
+    name: &'static str,
+    handle: TlsHandle,
+    client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (the admission listener) or only verified when
+    /// presented.
+    required: bool,
+    /// The client CA the current configuration was built with.
+    current_ca: Option<Vec<u8>>,
+}
+
+impl TlsSlot {
+    async fn new(
+        name: &'static str,
+        material: &TlsMaterial,
+        client_ca: Option<PathBuf>,
+        required: bool,
+    ) -> Result<Self> {
+        let current_ca = read_client_ca(&client_ca).await?;
+        let handle = TlsHandle::new(tls::server_config_with(material, current_ca.as_deref(), required)?);
+        Ok(TlsSlot { name, handle, client_ca, required, current_ca })
+    }
+
+    /// Rebuilds the configuration when the certificate or the client CA changed.
+    async fn reload(&mut self, material: &TlsMaterial, material_changed: bool) {
+        let fresh_ca = match read_client_ca(&self.client_ca).await {
+            Ok(ca) => ca,
+            Err(e) => {
+                warn!(listener = self.name, error = %e, "could not read the client CA; keeping the current one");
+                self.current_ca.clone()
+            }
+        };
+        if !material_changed && fresh_ca == self.current_ca {
+            return;
+        }
+        match tls::server_config_with(material, fresh_ca.as_deref(), self.required) {
+            Ok(c) => {
+                self.handle.set(c);
+                self.current_ca = fresh_ca;
+            }
+            Err(e) => {
+                warn!(listener = self.name, error = %e, "could not reload TLS; keeping the current configuration")
+            }
+        }
     }
 }
 
@@ -80,23 +132,25 @@ async fn read_client_ca(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>> {
 /// certificates (and a changed client CA) without a restart.
 pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc<Readiness>) -> Result<Listening> {
     let material = cfg.certs.load(&client).await?;
-    let client_ca = read_client_ca(&cfg.client_ca).await?;
-    let webhook_tls = TlsHandle::new(tls::server_config(&material, client_ca.as_deref())?);
-    let plain_tls = TlsHandle::new(tls::server_config(&material, None)?);
-    let mut main = Listener::bind("webhook", cfg.addr, webhook_tls.clone(), app, cfg.limits)?;
+    let main_slot = TlsSlot::new("webhook", &material, cfg.client_ca.clone(), true).await?;
+    let client_auth = main_slot.current_ca.is_some();
+    let mut main = Listener::bind("webhook", cfg.addr, main_slot.handle.clone(), app, cfg.limits)?;
     main.metrics = cfg.metrics.clone();
     let addr = main.local_addr()?;
+    let mut slots = vec![main_slot];
     let mut extra = Vec::new();
     for x in std::mem::take(&mut cfg.extra) {
-        let mut l = Listener::bind(x.name, x.addr, plain_tls.clone(), x.app, cfg.limits)?;
+        let slot = TlsSlot::new(x.name, &material, x.client_ca, false).await?;
+        let mut l = Listener::bind(x.name, x.addr, slot.handle.clone(), x.app, cfg.limits)?;
         l.metrics = cfg.metrics.clone();
         let bound = l.local_addr()?;
-        info!(listener = x.name, addr = %bound, "serving over TLS");
+        info!(listener = x.name, addr = %bound, client_certificates = slot.current_ca.is_some(), "serving over TLS");
         extra.push((x.name, bound));
+        slots.push(slot);
         tokio::spawn(l.run());
     }
     tokio::spawn(main.run());
-    info!(%addr, client_auth = client_ca.is_some(), "serving admission webhook over TLS");
+    info!(%addr, client_auth, "serving admission webhook over TLS");
 
     if let Some(ca) = &material.ca_pem {
         let mut last = None;
@@ -120,23 +174,11 @@ pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc
     }
     ready.webhook.store(true, Ordering::Release);
 
-    let handles = Handles { webhook: webhook_tls, plain: plain_tls };
-    tokio::spawn(reload_loop(client, cfg, handles, material, client_ca));
+    tokio::spawn(reload_loop(client, cfg, slots, material));
     Ok(Listening { webhook: addr, extra })
 }
 
-struct Handles {
-    webhook: TlsHandle,
-    plain: TlsHandle,
-}
-
-async fn reload_loop(
-    client: Client,
-    mut cfg: ServeConfig,
-    handles: Handles,
-    mut current: TlsMaterial,
-    mut client_ca: Option<Vec<u8>>,
-) {
+async fn reload_loop(client: Client, mut cfg: ServeConfig, mut slots: Vec<TlsSlot>, mut current: TlsMaterial) {
     loop {
         tokio::time::sleep(cfg.reload_interval).await;
         let fresh = match cfg.certs.load(&client).await {
@@ -146,30 +188,18 @@ async fn reload_loop(
                 continue;
             }
         };
-        let fresh_ca = match read_client_ca(&cfg.client_ca).await {
-            Ok(ca) => ca,
-            Err(e) => {
-                warn!(error = %e, "could not read the webhook client CA; keeping the current one");
-                client_ca.clone()
-            }
-        };
-        if fresh == current && fresh_ca == client_ca {
+        let changed = fresh != current;
+        if changed && let Err(e) = tls::server_config(&fresh, None) {
+            warn!(error = %e, "could not reload the webhook certificate; keeping the current one");
             continue;
         }
-        let configs = tls::server_config(&fresh, fresh_ca.as_deref())
-            .and_then(|w| tls::server_config(&fresh, None).map(|p| (w, p)));
-        match configs {
-            Ok((w, p)) => {
-                handles.webhook.set(w);
-                handles.plain.set(p);
-            }
-            Err(e) => {
-                warn!(error = %e, "could not reload the webhook certificate; keeping the current one");
-                continue;
-            }
+        for slot in &mut slots {
+            slot.reload(&fresh, changed).await;
+        }
+        if !changed {
+            continue;
         }
         info!(not_after = ?fresh.not_after, "webhook certificate reloaded");
-        client_ca = fresh_ca;
         if fresh.ca_pem != current.ca_pem
             && let (Some(reg), Some(ca)) = (cfg.registration.as_mut(), &fresh.ca_pem)
         {

@@ -243,6 +243,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// with `client_ca_pem`, a client certificate signed by one of those CAs required on every connection
 /// (the apiserver's, for the admission endpoints).
 pub fn server_config(material: &TlsMaterial, client_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ServerConfig>> {
+    server_config_with(material, client_ca_pem, true)
+}
+
+/// [`server_config`], with the client certificate `required` or only verified when one is presented
+/// (the decision point: agents call it with bearer tokens, enforcement points with certificates).
+pub fn server_config_with(
+    material: &TlsMaterial,
+    client_ca_pem: Option<&[u8]>,
+    required: bool,
+) -> Result<Arc<rustls::ServerConfig>> {
     use rustls_pki_types::PrivateKeyDer;
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&material.cert_pem).collect::<Result<_, _>>().map_err(tls_err)?;
@@ -263,9 +273,9 @@ pub fn server_config(material: &TlsMaterial, client_ca_pem: Option<&[u8]>) -> Re
             if roots.is_empty() {
                 return Err(Error::Tls("the client CA bundle holds no certificate".into()));
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(tls_err)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = if required { verifier } else { verifier.allow_unauthenticated() };
+            let verifier = verifier.build().map_err(tls_err)?;
             builder.with_client_cert_verifier(verifier)
         }
     };

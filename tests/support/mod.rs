@@ -165,6 +165,11 @@ pub struct Webhook {
 
 impl Webhook {
     pub async fn start(client: &Client, scope: &str) -> Webhook {
+        Self::start_with(client, scope, |_| {}).await
+    }
+
+    /// [`Webhook::start`] with flags changed by `configure`.
+    pub async fn start_with(client: &Client, scope: &str, configure: impl FnOnce(&mut RunArgs)) -> Webhook {
         let operator_ns = namespace(client, "agentid-op").await;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let name = format!("agentid-test-{scope}");
@@ -196,11 +201,28 @@ impl Webhook {
             pdp_addr: "127.0.0.1:0".parse().unwrap(),
             pdp_audience: "agentid-pdp".into(),
             pdp_default_sensitivity: agentid::api::DataSensitivity::Internal,
+            pdp_client_ca_file: None,
+            pdp_trusted_pep: vec![],
+            pdp_mesh_trust_domain: vec![],
         };
+        let mut args = args;
+        configure(&mut args);
         let metrics = Arc::new(Metrics::default());
         let ready = Arc::new(Readiness::default());
-        let listening =
-            start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await.expect("webhook starts");
+        // The webhook's URL names its port, so the port is picked (and let go) before start_webhook binds it;
+        // a listener of a test running alongside may take it in between: then pick another.
+        let mut retries = 0;
+        let listening = loop {
+            match start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await {
+                Err(agentid::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse && retries < 5 => {
+                    retries += 1;
+                    let port = free_port();
+                    args.webhook_addr = format!("127.0.0.1:{port}").parse().unwrap();
+                    args.webhook_url = Some(format!("https://127.0.0.1:{port}"));
+                }
+                started => break started.expect("webhook starts"),
+            }
+        };
         let addr = listening.of("broker").expect("the broker listens");
         assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
         let w = Webhook {

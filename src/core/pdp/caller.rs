@@ -9,6 +9,12 @@
 //!   task deletes the anchor, so the next decision is a deny as soon as the watch event arrives.
 //! - Any other token must carry the decision point's own audience; the task, if any, is then the one
 //!   the request names.
+//! - Without a token, the peer principal of an enforcement point that terminated the agent's mTLS
+//!   (ext_authz `source.principal`), when the operator trusts that enforcement point: agentid's own
+//!   `spiffe://<td>/ns/<ns>/agent/<name>` or the mesh's `spiffe://<td>/ns/<ns>/sa/<sa>` of the
+//!   ServiceAccount agentid created for the agent. See [`identify_principal`].
+
+use std::collections::HashMap;
 
 use super::snapshot::Snapshot;
 use crate::core::jwt::ServiceAccountToken;
@@ -94,6 +100,95 @@ pub fn identify(
         task,
         credential_id: token.id.clone(),
     })
+}
+
+/// The parts of a SPIFFE ID a decision point can map to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal<'a> {
+    /// `spiffe://<td>/ns/<ns>/agent/<name>`: agentid's own form.
+    Agent { trust_domain: &'a str, namespace: &'a str, name: &'a str },
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`: the form of Istio and other meshes.
+    ServiceAccount { trust_domain: &'a str, namespace: &'a str, name: &'a str },
+}
+
+/// Parses a SPIFFE ID of either form, strictly: lower-case scheme and trust domain, no port, userinfo,
+/// query, fragment, percent-encoding, empty or dot segments, and nothing after the name.
+pub fn parse_principal(id: &str) -> Result<Principal<'_>, String> {
+    let rest = id.strip_prefix("spiffe://").ok_or_else(|| format!("{id:?} is no SPIFFE ID"))?;
+    let mut parts = rest.split('/');
+    let (Some(td), Some("ns"), Some(ns), Some(kind), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("{id:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/(agent|sa)/<name>"));
+    };
+    let td_ok = !td.is_empty()
+        && td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+    // Kubernetes names: DNS labels and subdomains (lower-case alphanumerics, '-', '.').
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.len() <= 253
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+    };
+    if !td_ok || !name_ok(ns) || !name_ok(name) {
+        return Err(format!("{id:?} is not a well-formed SPIFFE ID of a Kubernetes object"));
+    }
+    match kind {
+        "agent" => Ok(Principal::Agent { trust_domain: td, namespace: ns, name }),
+        "sa" => Ok(Principal::ServiceAccount { trust_domain: td, namespace: ns, name }),
+        _ => Err(format!("{id:?} names neither an agent nor a ServiceAccount")),
+    }
+}
+
+/// Identifies the caller from the peer principal a trusted enforcement point reports (it terminated
+/// the agent's mTLS). agentid's form must be the agent's SPIFFE ID exactly (trust domain included); the
+/// mesh form's trust domain must be agentid's or one of `mesh_trust_domains`. Either way the agent must
+/// exist and its ServiceAccount must be the one agentid created for this very agent (`accounts`, by
+/// namespace and name): a mesh identity of a ServiceAccount agentid did not create, or one left over
+/// from an agent deleted and re-created under the same name, is refused. A principal carries no task.
+/// `Err` explains an `unauthenticated` denial.
+pub fn identify_principal(
+    principal: &str,
+    snap: &Snapshot,
+    accounts: &HashMap<(String, String), AccountEntry>,
+    mesh_trust_domains: &[String],
+) -> Result<Caller, String> {
+    let no_agent = || format!("peer principal {principal} is not the identity of a current agent");
+    let (ns, account) = match parse_principal(principal)? {
+        Principal::Agent { namespace, name, .. } => {
+            let agent = snap.agent(namespace, name).filter(|a| a.spiffe_id == principal).ok_or_else(no_agent)?;
+            (namespace, accounts.get(&(namespace.to_string(), agent.service_account.clone())))
+        }
+        Principal::ServiceAccount { trust_domain, namespace, name } => {
+            if trust_domain != snap.trust_domain() && !mesh_trust_domains.iter().any(|d| d == trust_domain) {
+                return Err(format!("peer principal {principal}: trust domain {trust_domain:?} is not trusted"));
+            }
+            (namespace, accounts.get(&(namespace.to_string(), name.to_string())))
+        }
+    };
+    let account = account.ok_or_else(no_agent)?;
+    let agent = snap
+        .agent(ns, &account.agent)
+        .filter(|a| a.uid == account.agent_uid && accounts_match(principal, a))
+        .ok_or_else(no_agent)?;
+    Ok(Caller {
+        namespace: ns.to_string(),
+        agent: agent.name.clone(),
+        agent_uid: agent.uid.clone(),
+        spiffe_id: agent.spiffe_id.clone(),
+        task: None,
+        credential_id: None,
+    })
+}
+
+/// An agent-form principal names the agent the ServiceAccount belongs to.
+fn accounts_match(principal: &str, agent: &super::snapshot::AgentEntry) -> bool {
+    match parse_principal(principal) {
+        Ok(Principal::Agent { .. }) => agent.spiffe_id == principal,
+        Ok(Principal::ServiceAccount { name, .. }) => agent.service_account == name,
+        Err(_) => false,
+    }
 }
 
 /// Whether what a request says of itself agrees with its credential: a subject, if named, is the
@@ -189,6 +284,83 @@ mod tests {
         assert!(identify(&t, &snap, Some(&account()), Some(&other_anchor), pdp).is_err());
         let t = token(Some(("agentid-task-t1", "anchor-uid")), "https://elsewhere");
         assert!(identify(&t, &snap, Some(&account()), Some(&anchor()), pdp).unwrap_err().contains("audience"));
+    }
+
+    fn accounts() -> HashMap<(String, String), AccountEntry> {
+        HashMap::from([(("agents".to_string(), "agent-bot".to_string()), account())])
+    }
+
+    #[test]
+    fn spiffe_ids_parse_strictly() {
+        assert_eq!(
+            parse_principal("spiffe://cluster.local/ns/agents/agent/bot"),
+            Ok(Principal::Agent { trust_domain: "cluster.local", namespace: "agents", name: "bot" })
+        );
+        assert_eq!(
+            parse_principal("spiffe://mesh.example/ns/agents/sa/agent-bot"),
+            Ok(Principal::ServiceAccount { trust_domain: "mesh.example", namespace: "agents", name: "agent-bot" })
+        );
+        for bad in [
+            "",
+            "spiffe://",
+            "SPIFFE://cluster.local/ns/agents/agent/bot",
+            "https://cluster.local/ns/agents/agent/bot",
+            "spiffe://Cluster.local/ns/agents/agent/bot",
+            "spiffe://cluster.local:443/ns/agents/agent/bot",
+            "spiffe://user@cluster.local/ns/agents/agent/bot",
+            "spiffe://cluster.local/ns/agents/agent/bot/extra",
+            "spiffe://cluster.local/ns/agents/agent/bot/",
+            "spiffe://cluster.local/ns/agents/agent/",
+            "spiffe://cluster.local/ns//agent/bot",
+            "spiffe://cluster.local/ns/agents/agent/..",
+            "spiffe://cluster.local/ns/agents/agent/b%6ft",
+            "spiffe://cluster.local/ns/agents/agent/bot?x=1",
+            "spiffe://cluster.local/ns/agents/agent/bot#f",
+            "spiffe://cluster.local/ns/agents/user/bot",
+            "spiffe://cluster.local/namespace/agents/agent/bot",
+        ] {
+            assert!(parse_principal(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn a_trusted_peer_principal_identifies_the_agent_in_either_form() {
+        let snap = snapshot();
+        for p in ["spiffe://cluster.local/ns/agents/agent/bot", "spiffe://cluster.local/ns/agents/sa/agent-bot"] {
+            let c = identify_principal(p, &snap, &accounts(), &[]).unwrap();
+            assert_eq!((c.agent.as_str(), c.task.as_deref(), c.credential_id.as_deref()), ("bot", None, None));
+            assert_eq!(c.spiffe_id, "spiffe://cluster.local/ns/agents/agent/bot");
+        }
+        // The mesh's own trust domain, when configured.
+        let mesh = "spiffe://mesh.example/ns/agents/sa/agent-bot";
+        assert!(identify_principal(mesh, &snap, &accounts(), &[]).unwrap_err().contains("not trusted"));
+        assert_eq!(identify_principal(mesh, &snap, &accounts(), &["mesh.example".into()]).unwrap().agent, "bot");
+    }
+
+    #[test]
+    fn a_peer_principal_of_anything_agentid_did_not_create_is_refused() {
+        let snap = snapshot();
+        let none = HashMap::new();
+        let ids = [
+            // agentid's form in another trust domain, another namespace, or of no agent.
+            "spiffe://evil.example/ns/agents/agent/bot",
+            "spiffe://cluster.local/ns/other/agent/bot",
+            "spiffe://cluster.local/ns/agents/agent/ghost",
+            // A ServiceAccount agentid did not create (here: the namespace's default).
+            "spiffe://cluster.local/ns/agents/sa/default",
+        ];
+        for p in ids {
+            assert!(identify_principal(p, &snap, &accounts(), &[]).is_err(), "{p} identified");
+        }
+        // The agent's ServiceAccount, but the watch has not seen agentid create it (or it was re-created).
+        for p in ["spiffe://cluster.local/ns/agents/agent/bot", "spiffe://cluster.local/ns/agents/sa/agent-bot"] {
+            assert!(identify_principal(p, &snap, &none, &[]).is_err());
+            let stale = HashMap::from([(
+                ("agents".to_string(), "agent-bot".to_string()),
+                AccountEntry { agent_uid: "old-agent-uid".into(), ..account() },
+            )]);
+            assert!(identify_principal(p, &snap, &stale, &[]).is_err());
+        }
     }
 
     #[test]
