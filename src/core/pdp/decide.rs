@@ -351,10 +351,10 @@ pub fn decide(
                 return Decision {
                     outcome: Outcome::Allow,
                     reasons: Vec::new(),
-                    grant: Some(grant.name.clone()),
+                    grant: Some(grant.name.to_string()),
                     explanation: String::new(),
                     charge: Some(Charge {
-                        grant: grant.name.clone(),
+                        grant: grant.name.to_string(),
                         task: task.map(|t| t.name.clone()),
                         minute: grant.limits.calls_per_minute.map(|_| env.minute),
                     }),
@@ -380,7 +380,7 @@ pub fn decide(
         return Decision {
             outcome: Outcome::ApprovalRequired,
             reasons: vec![ReasonCode::ApprovalRequired],
-            grant: Some(grant.name.clone()),
+            grant: Some(grant.name.to_string()),
             explanation: format!("grant {} allows the call once a human approves it: {why}", grant.name),
             charge: None,
         };
@@ -392,7 +392,7 @@ pub fn decide(
             Decision {
                 outcome: Outcome::Deny,
                 reasons,
-                grant: Some(failure.rule.grant.name.clone()),
+                grant: Some(failure.rule.grant.name.to_string()),
                 explanation: explain(&failure, &env),
                 charge: None,
             }
@@ -548,7 +548,7 @@ fn check_rule<'a>(rule: &'a ToolRule, env: &Env<'_>) -> Result<Pass, Failure<'a>
     if let Err(why) = grant.in_force_at(env.now) {
         return fail(rule, 0, ReasonCode::GrantNotActive, Detail::NotInForce(why));
     }
-    if !tool.actions.is_empty() && !tool.actions.contains(&req.action) {
+    if !tool.actions.is_empty() && !tool.actions.iter().any(|a| **a == *req.action) {
         return fail(rule, 1, ReasonCode::ActionNotGranted, Detail::Action);
     }
     match env.destination {
@@ -648,11 +648,11 @@ fn explain(failure: &Failure<'_>, env: &Env<'_>) -> String {
         }
     };
     if matches!(failure.detail, Detail::Destination | Detail::DestinationRequired) {
-        let valid: Vec<&str> = tool
+        let valid: Vec<String> = tool
             .destinations
             .iter()
             .filter_map(|p| match p {
-                CompiledPattern::Valid(p) => Some(p.as_str()),
+                CompiledPattern::Valid(p) => Some(p.to_string()),
                 CompiledPattern::Invalid { .. } => None,
             })
             .collect();

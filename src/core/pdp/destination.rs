@@ -455,7 +455,6 @@ enum PatternKind {
 ///   granted only by a URL prefix written with `http://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationPattern {
-    source: String,
     kind: PatternKind,
 }
 
@@ -494,12 +493,7 @@ impl DestinationPattern {
                 PatternKind::Host { host: d.host, port: d.port }
             }
         };
-        Ok(DestinationPattern { source: input.to_string(), kind })
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.source
+        Ok(DestinationPattern { kind })
     }
 
     pub fn matches(&self, d: &Destination) -> bool {
@@ -519,9 +513,29 @@ impl DestinationPattern {
     }
 }
 
+/// The pattern in its normalised form (what it matches): `https://crm.internal/api/`, `crm.internal:8443`,
+/// `*.example.com`. Not kept as written, to keep a grant's memory small.
 impl fmt::Display for DestinationPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        let port = |f: &mut fmt::Formatter<'_>, port: &Option<u16>| match port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        };
+        match &self.kind {
+            PatternKind::Prefix { scheme, host, port: p, path } => {
+                write!(f, "{}://{host}", scheme.as_str())?;
+                port(f, p)?;
+                f.write_str(path)
+            }
+            PatternKind::Host { host, port: p } => {
+                f.write_str(host)?;
+                port(f, p)
+            }
+            PatternKind::Subdomain { suffix, port: p } => {
+                write!(f, "*{suffix}")?;
+                port(f, p)
+            }
+        }
     }
 }
 
@@ -804,6 +818,6 @@ mod tests {
             assert_eq!(DestinationPattern::parse(input).as_ref(), Err(want), "{input:?}");
         }
         assert_eq!(pattern("*.example.com").to_string(), "*.example.com");
-        assert_eq!(pattern("https://crm.internal/api/").as_str(), "https://crm.internal/api/");
+        assert_eq!(pattern("https://crm.internal/api/").to_string(), "https://crm.internal/api/");
     }
 }

@@ -168,11 +168,12 @@ impl CompiledPattern {
 /// One entry of a grant's `tools`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolEntry {
-    pub name: String,
-    /// Empty: every action.
-    pub actions: Vec<String>,
+    /// Interned: shared with every other grant naming the same tool, and with the index.
+    pub name: Arc<str>,
+    /// Empty: every action. Interned.
+    pub actions: Box<[Arc<str>]>,
     /// Empty: only calls without a destination.
-    pub destinations: Vec<CompiledPattern>,
+    pub destinations: Box<[CompiledPattern]>,
     pub max_sensitivity: DataSensitivity,
     pub risk: Risk,
 }
@@ -194,16 +195,15 @@ pub struct CompiledWhen {
 /// One ToolGrant as decisions see it.
 #[derive(Debug, Clone)]
 pub struct GrantEntry {
-    pub name: String,
-    pub namespace: String,
-    /// The agent it is for (`spec.agentRef.name`).
-    pub agent: String,
-    pub uid: String,
+    /// Shared with the snapshot's key.
+    pub name: Arc<str>,
+    /// The agent it is for (`spec.agentRef.name`); interned, shared with the index.
+    pub agent: Arc<str>,
     pub generation: Option<i64>,
     pub phase: Option<GrantPhase>,
     pub valid_from: Option<Timestamp>,
     pub valid_until: Option<Timestamp>,
-    pub tools: Vec<Arc<ToolEntry>>,
+    pub tools: Box<[Arc<ToolEntry>]>,
     pub approval_required: bool,
     pub limits: Limits,
     pub when: Option<Arc<CompiledWhen>>,
@@ -211,15 +211,15 @@ pub struct GrantEntry {
 
 impl GrantEntry {
     /// Compiles a grant; `previous` (the entry it replaces) lends its compiled `when` if the source is unchanged.
-    fn from_object(grant: &ToolGrant, previous: Option<&GrantEntry>) -> Option<GrantEntry> {
+    fn from_object(grant: &ToolGrant, previous: Option<&GrantEntry>, strings: &mut Interner) -> Option<GrantEntry> {
         let spec = &grant.spec;
         let tools = spec
             .tools
             .iter()
             .map(|t| {
                 Arc::new(ToolEntry {
-                    name: t.name.clone(),
-                    actions: t.actions.clone(),
+                    name: strings.intern(&t.name),
+                    actions: t.actions.iter().map(|a| strings.intern(a)).collect(),
                     destinations: t
                         .destinations
                         .iter()
@@ -243,10 +243,8 @@ impl GrantEntry {
         let limit = |n: Option<i32>| n.map(|n| u64::try_from(n).unwrap_or(0));
         let limits = spec.limits.as_ref();
         Some(GrantEntry {
-            name: grant.metadata.name.clone()?,
-            namespace: grant.metadata.namespace.clone()?,
-            agent: spec.agent_ref.name.clone(),
-            uid: grant.metadata.uid.clone().unwrap_or_default(),
+            name: Arc::from(grant.metadata.name.as_deref()?),
+            agent: strings.intern(&spec.agent_ref.name),
             generation: grant.metadata.generation,
             phase: grant.status.as_ref().and_then(|s| s.phase),
             valid_from: spec.valid_from.as_ref().map(|t| t.0),
@@ -284,13 +282,59 @@ pub struct ToolRule {
     pub tool: Arc<ToolEntry>,
 }
 
+/// The rules of one (agent, tool): almost always one, kept without an allocation of its own.
+#[derive(Debug, Clone)]
+enum Rules {
+    One(ToolRule),
+    Many(Vec<ToolRule>),
+}
+
+impl Rules {
+    fn as_slice(&self) -> &[ToolRule] {
+        match self {
+            Rules::One(r) => std::slice::from_ref(r),
+            Rules::Many(v) => v,
+        }
+    }
+
+    /// Adds a rule, keeping them ordered by grant name (stable: a grant naming a tool twice keeps its
+    /// own order).
+    fn push(&mut self, rule: ToolRule) {
+        let mut v = match std::mem::replace(self, Rules::Many(Vec::new())) {
+            Rules::One(r) => vec![r],
+            Rules::Many(v) => v,
+        };
+        v.push(rule);
+        v.sort_by(|a, b| a.grant.name.cmp(&b.grant.name));
+        *self = Rules::Many(v);
+    }
+
+    /// Removes the rules of grant `name`; `false` when none is left.
+    fn remove_grant(&mut self, name: &str) -> bool {
+        match self {
+            Rules::One(r) => *r.grant.name != *name,
+            Rules::Many(v) => {
+                v.retain(|r| *r.grant.name != *name);
+                match v.len() {
+                    0 => false,
+                    1 => {
+                        *self = Rules::One(v.pop().expect("one rule"));
+                        true
+                    }
+                    _ => true,
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Namespace {
     agents: HashMap<String, AgentEntry>,
     tasks: HashMap<String, TaskEntry>,
-    grants: HashMap<String, Arc<GrantEntry>>,
+    grants: HashMap<Arc<str>, Arc<GrantEntry>>,
     /// agent → tool → rules, ordered by grant name (so explanations do not depend on event order).
-    rules: HashMap<String, HashMap<String, Vec<ToolRule>>>,
+    rules: HashMap<Arc<str>, HashMap<Arc<str>, Rules>>,
 }
 
 impl Namespace {
@@ -299,32 +343,58 @@ impl Namespace {
     }
 
     fn unindex(&mut self, grant: &GrantEntry) {
-        let Some(by_tool) = self.rules.get_mut(&grant.agent) else {
+        let Some(by_tool) = self.rules.get_mut(&*grant.agent) else {
             return;
         };
         for tool in &grant.tools {
-            if let Some(rules) = by_tool.get_mut(&tool.name) {
-                rules.retain(|r| r.grant.name != grant.name);
-                if rules.is_empty() {
-                    by_tool.remove(&tool.name);
-                }
+            if let Some(rules) = by_tool.get_mut(&*tool.name)
+                && !rules.remove_grant(&grant.name)
+            {
+                by_tool.remove(&*tool.name);
             }
         }
         if by_tool.is_empty() {
-            self.rules.remove(&grant.agent);
+            self.rules.remove(&*grant.agent);
+        } else {
+            by_tool.shrink_to_fit();
         }
     }
 
     fn index(&mut self, grant: &Arc<GrantEntry>) {
-        let by_tool = self.rules.entry(grant.agent.clone()).or_default();
+        let by_tool = self.rules.entry(Arc::clone(&grant.agent)).or_default();
         for tool in &grant.tools {
-            let rules = by_tool.entry(tool.name.clone()).or_default();
-            rules.push(ToolRule { grant: Arc::clone(grant), tool: Arc::clone(tool) });
-            // Stable: a grant naming a tool twice keeps its own order.
-            rules.sort_by(|a, b| a.grant.name.cmp(&b.grant.name));
-            // Most (agent, tool) pairs have one rule: do not keep room for four.
-            rules.shrink_to_fit();
+            let rule = ToolRule { grant: Arc::clone(grant), tool: Arc::clone(tool) };
+            match by_tool.get_mut(&*tool.name) {
+                Some(rules) => rules.push(rule),
+                None => {
+                    by_tool.insert(Arc::clone(&tool.name), Rules::One(rule));
+                }
+            }
         }
+    }
+}
+
+/// Strings that many entries repeat (tool names, actions, agent names), held once. Swept of strings
+/// nothing else holds any more when it has doubled since the last sweep, so it stays proportional to
+/// what the snapshot holds.
+#[derive(Debug, Clone, Default)]
+struct Interner {
+    strings: std::collections::HashSet<Arc<str>>,
+    swept_at: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(held) = self.strings.get(s) {
+            return Arc::clone(held);
+        }
+        if self.strings.len() >= 2 * self.swept_at.max(512) {
+            self.strings.retain(|held| Arc::strong_count(held) > 1);
+            self.swept_at = self.strings.len();
+        }
+        let held: Arc<str> = Arc::from(s);
+        self.strings.insert(Arc::clone(&held));
+        held
     }
 }
 
@@ -333,12 +403,13 @@ impl Namespace {
 pub struct Snapshot {
     trust_domain: String,
     namespaces: HashMap<String, Namespace>,
+    strings: Interner,
 }
 
 impl Snapshot {
     /// An empty snapshot; `trust_domain` is the operator's SPIFFE trust domain.
     pub fn new(trust_domain: &str) -> Snapshot {
-        Snapshot { trust_domain: trust_domain.to_string(), namespaces: HashMap::new() }
+        Snapshot { trust_domain: trust_domain.to_string(), namespaces: HashMap::new(), strings: Interner::default() }
     }
 
     /// A snapshot of these objects. Objects without a name or namespace are skipped.
@@ -400,10 +471,10 @@ impl Snapshot {
         if let Some(previous) = &previous {
             ns.unindex(previous);
         }
-        if let Some(entry) = GrantEntry::from_object(grant, previous.as_deref()) {
+        if let Some(entry) = GrantEntry::from_object(grant, previous.as_deref(), &mut self.strings) {
             let entry = Arc::new(entry);
             ns.index(&entry);
-            ns.grants.insert(entry.name.clone(), entry);
+            ns.grants.insert(Arc::clone(&entry.name), entry);
         }
     }
 
@@ -434,7 +505,7 @@ impl Snapshot {
             .get(namespace)
             .and_then(|ns| ns.rules.get(agent))
             .and_then(|by_tool| by_tool.get(tool))
-            .map_or(&[], Vec::as_slice)
+            .map_or(&[], Rules::as_slice)
     }
 
     /// Numbers of agents, grants and tasks held.
@@ -548,7 +619,7 @@ mod tests {
     use crate::api::{GrantLimits, SessionLimits};
 
     fn names(rules: &[ToolRule]) -> Vec<&str> {
-        rules.iter().map(|r| r.grant.name.as_str()).collect()
+        rules.iter().map(|r| &*r.grant.name).collect()
     }
 
     #[test]
@@ -624,7 +695,7 @@ mod tests {
         let mut g = active_grant("g", "triage", vec![tool("crm", &[], &[])]);
         g.spec.valid_from = Some(Time(t(100)));
         g.spec.valid_until = Some(Time(t(200)));
-        let entry = GrantEntry::from_object(&g, None).unwrap();
+        let entry = GrantEntry::from_object(&g, None, &mut Interner::default()).unwrap();
         let cases = [
             (t(99), Err(GrantInactive::NotYetValid(t(100)))),
             (t(100), Ok(())),
@@ -638,9 +709,22 @@ mod tests {
         for phase in [None, Some(GrantPhase::Pending), Some(GrantPhase::Revoked), Some(GrantPhase::Expired)] {
             let mut g = g.clone();
             g.status = phase.map(|p| crate::api::ToolGrantStatus { phase: Some(p), ..Default::default() });
-            let entry = GrantEntry::from_object(&g, None).unwrap();
+            let entry = GrantEntry::from_object(&g, None, &mut Interner::default()).unwrap();
             assert_eq!(entry.in_force_at(t(150)), Err(GrantInactive::Phase(phase)));
         }
+    }
+
+    #[test]
+    fn the_interner_shares_strings_and_forgets_those_nothing_holds() {
+        let mut i = Interner::default();
+        let a = i.intern("read");
+        assert!(Arc::ptr_eq(&a, &i.intern("read")));
+        // Strings nobody holds any more go at the next sweep; held ones stay shared.
+        for n in 0..5000 {
+            let _ = i.intern(&format!("gone-{n}"));
+        }
+        assert!(i.strings.len() < 2048, "{}", i.strings.len());
+        assert!(Arc::ptr_eq(&a, &i.intern("read")));
     }
 
     #[test]
@@ -648,12 +732,12 @@ mod tests {
         let mut g = active_grant("g", "triage", vec![tool("crm", &["read"], &["https://crm.internal/api/", "bad*"])]);
         g.spec.limits = Some(GrantLimits { max_calls_per_session: Some(5), calls_per_minute: Some(0) });
         g.spec.approval = Some(crate::api::Approval { required: true, ..Default::default() });
-        let e = GrantEntry::from_object(&g, None).unwrap();
+        let e = GrantEntry::from_object(&g, None, &mut Interner::default()).unwrap();
         assert_eq!(e.limits, Limits { max_calls_per_session: Some(5), calls_per_minute: Some(0) });
         assert!(e.approval_required);
-        assert_eq!((e.uid.as_str(), e.generation, e.agent.as_str()), ("uid-grant-g", Some(1), "triage"));
+        assert_eq!((&*e.name, e.generation, &*e.agent), ("g", Some(1), "triage"));
         let dests = &e.tools[0].destinations;
-        assert!(matches!(&dests[0], CompiledPattern::Valid(p) if p.as_str() == "https://crm.internal/api/"));
+        assert!(matches!(&dests[0], CompiledPattern::Valid(p) if p.to_string() == "https://crm.internal/api/"));
         assert!(
             matches!(&dests[1], CompiledPattern::Invalid { source, error: PatternError::Wildcard } if source == "bad*")
         );
