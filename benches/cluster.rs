@@ -8,9 +8,11 @@
 //! 1. Converge: 1,000 AgentIdentities + 1,000 ToolGrants until all are Ready/Active.
 //! 2. RSS of the operator at idle, at 1k agents + 1k grants, and at 10k agents.
 //! 3. Task token latency: AgentTask created → the broker hands out a token (HTTPS).
-//! 4. Revocation latency: task completed → TokenReview fails, and → anchor Secret gone.
+//! 4. Revocation latency: task completed → TokenReview fails, → anchor Secret gone, and → the decision
+//!    point's first deny for the task token; agent suspended → the decision point's first deny.
 //! 5. Pod admission overhead: Pod creates in a judged vs an unjudged namespace.
 //!
+//! `AGENTID_BENCH_SECTIONS=3-5 make bench-cluster` runs sections 3 to 5 only.
 //! Needs the CRDs installed; `make bench-cluster` (e2e/bench-cluster.sh) starts a
 //! private control plane and runs `cargo bench --features e2e --bench cluster`.
 //! Every loop is bounded in count and time: a section gives up after
@@ -52,6 +54,10 @@ const BROKER_POLL: Duration = Duration::from_millis(25);
 const REVIEW_POLL: Duration = Duration::from_millis(200);
 /// Interval between anchor Secret GETs while waiting for its deletion.
 const ANCHOR_POLL: Duration = Duration::from_millis(20);
+/// Interval between questions to the decision point while waiting for a revocation.
+const PDP_POLL: Duration = Duration::from_millis(5);
+/// Agents suspended in section 4.
+const SUSPENDED_AGENTS: usize = 10;
 /// Settling time before an RSS reading.
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -111,26 +117,32 @@ async fn run() -> Res<()> {
     println!("- CPUs: {}, load average at start: {}", cpus(), loadavg());
     println!("- every request goes to 127.0.0.1; each section gives up after {} s\n", SECTION_TIMEOUT.as_secs());
 
-    // Operator A watches the converge namespace (sections 1 and 2).
-    let ns_a = namespace(&client, &format!("bench-conv-{run_id}"), &[]).await?;
-    let op = Operator::spawn(&cluster_dir, &bin, &ns_a, &ns_a)?;
-    op.wait_ready(Duration::from_secs(60)).await?;
-    println!("operator A: pid {}, namespace `{ns_a}`, log `{}`\n", op.pid, op.log.display());
-    tokio::time::sleep(SETTLE).await;
-    let rss_idle = op.memory();
+    // `AGENTID_BENCH_SECTIONS=3-5` skips the 10,000-agent sections (several minutes).
+    let only_tokens = std::env::var("AGENTID_BENCH_SECTIONS").is_ok_and(|s| s == "3-5");
+    if only_tokens {
+        println!("sections 1 and 2 skipped (AGENTID_BENCH_SECTIONS=3-5)\n");
+    } else {
+        // Operator A watches the converge namespace (sections 1 and 2).
+        let ns_a = namespace(&client, &format!("bench-conv-{run_id}"), &[]).await?;
+        let op = Operator::spawn(&cluster_dir, &bin, &ns_a, &ns_a)?;
+        op.wait_ready(Duration::from_secs(60)).await?;
+        println!("operator A: pid {}, namespace `{ns_a}`, log `{}`\n", op.pid, op.log.display());
+        tokio::time::sleep(SETTLE).await;
+        let rss_idle = op.memory();
 
-    let conv = converge(&client, &ns_a, CONVERGE_N).await;
-    let metrics_1k = op.metrics().await;
-    print_converge(&conv, &metrics_1k);
-    tokio::time::sleep(SETTLE).await;
-    let rss_1k = op.memory();
+        let conv = converge(&client, &ns_a, CONVERGE_N).await;
+        let metrics_1k = op.metrics().await;
+        print_converge(&conv, &metrics_1k);
+        tokio::time::sleep(SETTLE).await;
+        let rss_1k = op.memory();
 
-    let more = converge_more_agents(&client, &ns_a, CONVERGE_N, TOTAL_AGENTS).await;
-    tokio::time::sleep(SETTLE).await;
-    let rss_10k = op.memory();
-    let metrics_10k = op.metrics().await;
-    print_rss(rss_idle, rss_1k, rss_10k, &more, &metrics_10k);
-    drop(op);
+        let more = converge_more_agents(&client, &ns_a, CONVERGE_N, TOTAL_AGENTS).await;
+        tokio::time::sleep(SETTLE).await;
+        let rss_10k = op.memory();
+        let metrics_10k = op.metrics().await;
+        print_rss(rss_idle, rss_1k, rss_10k, &more, &metrics_10k);
+        drop(op);
+    }
 
     // Operator B watches a fresh namespace (sections 3 to 5). Its own namespace is separate: a
     // namespace-scoped webhook judges only the watched namespace and never the operator's own.
@@ -147,14 +159,22 @@ async fn run() -> Res<()> {
     let tokens = match token_latency(&client, &op, &ns_b).await {
         Ok(t) => {
             print_tokens(&t);
-            t.tokens
+            t
         }
         Err(e) => {
             println!("## 3. Task token latency\n\nFAILED: {e}\n");
-            Vec::new()
+            Tokens {
+                ca: Vec::new(),
+                samples: Vec::new(),
+                tokens: Vec::new(),
+                attempts: 0,
+                answers: BTreeMap::new(),
+                failures: Vec::new(),
+                timed_out: false,
+            }
         }
     };
-    match revocation(&client, &ns_b, &tokens).await {
+    match revocation(&client, &op, &ns_b, &tokens).await {
         Ok(r) => print_revocation(&r),
         Err(e) => println!("## 4. Revocation latency\n\nFAILED: {e}\n"),
     }
@@ -223,6 +243,7 @@ struct Operator {
     probe: u16,
     /// Port of the task-token broker.
     broker: u16,
+    pdp: u16,
     /// The watched namespace.
     ns: String,
     /// The operator's own namespace (its certificate Secret lives here).
@@ -237,6 +258,7 @@ impl Operator {
         let probe = free_port()?;
         let webhook = free_port()?;
         let broker = free_port()?;
+        let pdp = free_port()?;
         let name = format!("agentid-bench-{ns}");
         let logs = cluster_dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
@@ -249,6 +271,7 @@ impl Operator {
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
             .args(["--broker-addr", &format!("127.0.0.1:{broker}")])
+            .args(["--pdp-addr", &format!("127.0.0.1:{pdp}")])
             .args(["--webhook-client-ca-file", &cluster_dir.join("pki/webhook-client-ca.crt").display().to_string()])
             .args(["--webhook-configuration", &name])
             .args(["--webhook-scope", &format!("agentid.dev/bench={ns}")])
@@ -267,6 +290,7 @@ impl Operator {
             pid,
             probe,
             broker,
+            pdp,
             ns: ns.to_string(),
             operator_ns: operator_ns.to_string(),
             webhook_configuration: name,
@@ -315,6 +339,10 @@ impl Operator {
 
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.broker))
+    }
+
+    fn pdp_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.pdp))
     }
 }
 
@@ -752,12 +780,17 @@ impl Https {
     }
 
     async fn post(&self, path: &str, bearer: &str) -> Res<(u16, String)> {
+        self.post_json(path, bearer, "").await
+    }
+
+    async fn post_json(&self, path: &str, bearer: &str, body: &str) -> Res<(u16, String)> {
         let io = async {
             let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
             let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
             let mut tls = self.tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
             let req = format!(
-                "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
             );
             tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
@@ -766,11 +799,39 @@ impl Https {
         };
         tokio::time::timeout(Duration::from_secs(10), io)
             .await
-            .map_err(|_| "broker did not answer in 10 s".to_string())?
+            .map_err(|_| format!("{} did not answer in 10 s", self.addr))?
+    }
+
+    /// Asks the decision point (AuthZEN) whether the bearer may call the benchmark's tool: `Ok(true)`
+    /// allowed, `Ok(false)` denied.
+    async fn allowed(&self, bearer: &str) -> Res<bool> {
+        let body = json!({"action": {"name": "read"}, "resource": {"type": "tool", "id": PDP_TOOL,
+            "properties": {"destination": format!("{PDP_DESTINATION}q"), "sensitivity": "internal"}}});
+        let (code, answer) = self.post_json("/access/v1/evaluation", bearer, &body.to_string()).await?;
+        let v: Value = serde_json::from_str(&answer).map_err(|e| format!("decision point answered {code}: {e}"))?;
+        v["decision"].as_bool().ok_or_else(|| format!("decision point answered {code} without a decision: {answer}"))
     }
 }
 
+/// The tool the benchmark's agents are granted (section 4, at the decision point).
+const PDP_TOOL: &str = "search";
+const PDP_DESTINATION: &str = "https://search.internal/";
+
+fn tool_grant_obj(name: &str, agent: &str) -> ToolGrant {
+    serde_json::from_value(json!({
+        "apiVersion": "agentid.dev/v1alpha1", "kind": "ToolGrant",
+        "metadata": {"name": name},
+        "spec": {
+            "agentRef": {"name": agent},
+            "tools": [{"name": PDP_TOOL, "actions": ["read"], "destinations": [PDP_DESTINATION], "maxDataSensitivity": "internal"}]
+        }
+    }))
+    .expect("ToolGrant")
+}
+
 struct Tokens {
+    /// The operator's CA (PEM), to reach its decision point.
+    ca: Vec<u8>,
     samples: Vec<Duration>,
     /// (task, token) of the tasks whose token was obtained.
     tokens: Vec<(String, String)>,
@@ -827,8 +888,11 @@ async fn token_latency(client: &Client, op: &Operator, ns: &str) -> Res<Tokens> 
         .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
         .ok_or_else(|| format!("secret {secret} has no ca.crt"))?;
     let https = Https::new(op.addr(), &ca)?;
+    // Section 4 asks the decision point about these tokens: the agent's grant for the tool.
+    create(&Api::<ToolGrant>::namespaced(client.clone(), ns), &tool_grant_obj("bot-search", "bot")).await?;
 
     let mut t = Tokens {
+        ca: ca.clone(),
         samples: Vec::new(),
         tokens: Vec::new(),
         attempts: 0,
@@ -942,6 +1006,10 @@ struct Revocations {
     review: Vec<Duration>,
     anchor: Vec<Duration>,
     first_review_after_anchor: Vec<Duration>,
+    /// Task completed → the decision point's first deny for the task's token.
+    pdp_task: Vec<Duration>,
+    /// Agent suspended → the decision point's first deny for the agent's own token.
+    pdp_suspended: Vec<Duration>,
     failures: Vec<String>,
     timed_out: bool,
 }
@@ -959,13 +1027,43 @@ async fn review(client: &Client, token: &str) -> Res<bool> {
     Ok(s.status.and_then(|s| s.authenticated) == Some(true))
 }
 
-async fn revocation(client: &Client, ns: &str, tokens: &[(String, String)]) -> Res<Revocations> {
+/// Polls the decision point until it denies `token`: the time since `t0`.
+async fn first_deny(pdp: &Https, token: &str, t0: Instant, limit: Duration) -> Option<Duration> {
+    while t0.elapsed() < limit {
+        if let Ok(false) = pdp.allowed(token).await {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(PDP_POLL).await;
+    }
+    None
+}
+
+/// Waits (bounded) until the decision point allows `token`.
+async fn until_allowed(pdp: &Https, token: &str) -> Res<()> {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < Duration::from_secs(30) {
+        match pdp.allowed(token).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "denied".into(),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the decision point never allowed the call ({last})"))
+}
+
+async fn revocation(client: &Client, op: &Operator, ns: &str, t: &Tokens) -> Res<Revocations> {
+    let tokens = &t.tokens;
+    let pdp = Https::new(op.pdp_addr(), &t.ca)?;
     let tasks: Api<AgentTask> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut r = Revocations {
         review: Vec::new(),
         anchor: Vec::new(),
         first_review_after_anchor: Vec::new(),
+        pdp_task: Vec::new(),
+        pdp_suspended: Vec::new(),
         failures: Vec::new(),
         timed_out: false,
     };
@@ -977,6 +1075,10 @@ async fn revocation(client: &Client, ns: &str, tokens: &[(String, String)]) -> R
     // for 10 s: wait that out once, so every sample starts alike (nothing cached from before).
     let mut valid = Vec::new();
     for (task, token) in tokens.iter().take(REVOKED_TASKS) {
+        if let Err(e) = until_allowed(&pdp, token).await {
+            r.failures.push(format!("{task}: {e}"));
+            continue;
+        }
         match review(client, token).await {
             Ok(true) => valid.push((task, token)),
             Ok(false) => r.failures.push(format!("{task}: its token did not authenticate before completion")),
@@ -1015,7 +1117,11 @@ async fn revocation(client: &Client, ns: &str, tokens: &[(String, String)]) -> R
             }
             None
         };
-        let (a, u) = tokio::join!(anchor_gone, unauthenticated);
+        let (a, u, d) = tokio::join!(anchor_gone, unauthenticated, first_deny(&pdp, token, t0, limit));
+        match d {
+            Some(d) => r.pdp_task.push(d),
+            None => r.failures.push(format!("{task}: the decision point still allows after {limit:?}")),
+        }
         match a {
             Some(a) => r.anchor.push(a),
             None => r.failures.push(format!("{task}: anchor {anchor} still there after {limit:?}")),
@@ -1028,7 +1134,66 @@ async fn revocation(client: &Client, ns: &str, tokens: &[(String, String)]) -> R
             r.first_review_after_anchor.push(u.saturating_sub(a));
         }
     }
+
+    // Agents suspended: each with its grant, calling with its own ServiceAccount token (audience
+    // agentid-pdp).
+    let agents: Api<AgentIdentity> = Api::namespaced(client.clone(), ns);
+    let grants: Api<ToolGrant> = Api::namespaced(client.clone(), ns);
+    let names: Vec<String> = (0..SUSPENDED_AGENTS).map(|i| format!("susp-{i:02}")).collect();
+    for n in &names {
+        create(&agents, &agent_obj(n)).await?;
+        create(&grants, &tool_grant_obj(&format!("{n}-search"), n)).await?;
+    }
+    for n in &names {
+        if section.elapsed() > SECTION_TIMEOUT {
+            r.timed_out = true;
+            break;
+        }
+        if let Err(e) = wait_ready_agent(&agents, n, Duration::from_secs(60)).await {
+            r.failures.push(e);
+            continue;
+        }
+        let token = match pdp_token(client, ns, &format!("agent-{n}")).await {
+            Ok(t) => t,
+            Err(e) => {
+                r.failures.push(e);
+                continue;
+            }
+        };
+        if let Err(e) = until_allowed(&pdp, &token).await {
+            r.failures.push(format!("{n}: {e}"));
+            continue;
+        }
+        let t0 = Instant::now();
+        let patch = json!({"spec": {"suspended": true}});
+        if let Err(e) = agents.patch(n, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            r.failures.push(format!("{n}: suspend: {e}"));
+            continue;
+        }
+        match first_deny(&pdp, &token, t0, Duration::from_secs(60)).await {
+            Some(d) => r.pdp_suspended.push(d),
+            None => r.failures.push(format!("{n}: the decision point still allows 60 s after the suspension")),
+        }
+    }
     Ok(r)
+}
+
+/// The agent's own ServiceAccount token for the decision point's audience.
+async fn pdp_token(client: &Client, ns: &str, sa: &str) -> Res<String> {
+    let tr = TokenRequest {
+        metadata: Default::default(),
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["agentid-pdp".into()]),
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        }),
+        status: None,
+    };
+    let res = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &tr)
+        .await
+        .map_err(|e| format!("TokenRequest {sa}: {e}"))?;
+    res.status.and_then(|s| s.token).ok_or_else(|| "TokenRequest returned no token".into())
 }
 
 fn print_revocation(r: &Revocations) {
@@ -1038,6 +1203,8 @@ fn print_revocation(r: &Revocations) {
         ("anchor Secret gone (what agentid controls; GET every 20 ms)", &r.anchor),
         ("TokenReview unauthenticated (every 200 ms)", &r.review),
         ("… of which after the anchor was gone", &r.first_review_after_anchor),
+        ("decision point: first deny of the task token (AuthZEN every 5 ms)", &r.pdp_task),
+        ("decision point: agent suspended → first deny of its token (AuthZEN every 5 ms)", &r.pdp_suspended),
     ] {
         let mut s = s.clone();
         s.sort();

@@ -5,6 +5,7 @@
 //! - [`controller`], [`probes`]: the I/O shells around the core.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod controller;
 pub mod core;

@@ -34,6 +34,8 @@ enum Command {
     /// Decide a tool call over manifests, as the decision point would (exit 0 allow, 1 deny or approval
     /// required, 2 bad input).
     Decide(agentid::cli::decide::DecideArgs),
+    /// Check (`verify`) and read (`timeline`) the tamper-evident audit trail.
+    Audit(agentid::cli::audit::AuditArgs),
     /// Print the version.
     Version,
 }
@@ -53,6 +55,11 @@ fn main() -> ExitCode {
             &mut std::io::stderr().lock(),
         )),
         Command::Decide(args) => ExitCode::from(agentid::cli::decide::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Audit(args) => ExitCode::from(agentid::cli::audit::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

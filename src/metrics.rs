@@ -77,6 +77,8 @@ pub struct Metrics {
     pub access_checks_throttled: Family<ReasonLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub decision_duration: Histogram,
+    /// The audit trail's metrics (`agentid_audit_*`).
+    pub audit: crate::audit::AuditMetrics,
 }
 
 impl Default for Metrics {
@@ -160,7 +162,9 @@ impl Default for Metrics {
             "Time to decide one tool call (verification, decision, budgets, log)",
             decision_duration.clone(),
         );
+        let audit = crate::audit::AuditMetrics::register(&mut registry);
         Self {
+            audit,
             registry,
             decisions,
             decision_duration,

@@ -5,11 +5,13 @@
 //! the `x_kube(validation = ...)` rules become CEL rules that the apiserver
 //! enforces before anything reaches the operator.
 
+mod checkpoint;
 pub mod duration;
 mod identity;
 mod task;
 mod toolgrant;
 
+pub use checkpoint::*;
 pub use identity::*;
 pub use task::*;
 pub use toolgrant::*;
@@ -32,7 +34,7 @@ pub const FIELD_MANAGER: &str = "agentid";
 
 /// Every CRD agentid serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AgentIdentity::crd(), ToolGrant::crd(), AgentTask::crd()]
+    vec![AgentIdentity::crd(), ToolGrant::crd(), AgentTask::crd(), AuditCheckpoint::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream per CRD: `(file name, yaml)`.

@@ -133,6 +133,8 @@ pub struct RunArgs {
     /// enforcement points besides --trust-domain (comma-separated or repeated).
     #[arg(long, env = "AGENTID_PDP_MESH_TRUST_DOMAIN", value_delimiter = ',')]
     pub pdp_mesh_trust_domain: Vec<String>,
+    #[command(flatten)]
+    pub audit: crate::audit::AuditFlags,
 }
 
 pub fn parse_sensitivity(s: &str) -> std::result::Result<crate::api::DataSensitivity, String> {
@@ -423,6 +425,22 @@ pub async fn start_webhook(
     let broker =
         Arc::new(webhook::tokens::Broker::new(client.clone(), args.token_audience.clone(), state.metrics.clone()));
     let pdp = start_pdp(args, client.clone(), state.metrics.clone(), ready.clone());
+    // The tamper-evident trail (with --audit-dir): every task token is recorded before it is handed
+    // out (no record, no token), every decision is recorded without holding the decision up.
+    let trail = crate::audit::start(
+        &args.audit,
+        client.clone(),
+        &args.operator_namespace,
+        &instance_name(args),
+        &state.metrics,
+    )
+    .await
+    .map_err(|e| Error::Config(format!("audit trail: {e}")))?;
+    if let Some(trail) = trail {
+        info!(dir = ?args.audit.audit_dir, "audit trail open");
+        let _ = broker.audit.set(trail.clone());
+        let _ = pdp.audit.set(trail);
+    }
     let cfg = ServeConfig {
         addr: args.webhook_addr,
         extra: vec![

@@ -3,6 +3,7 @@
 //! pass in what was fetched and the current time.
 
 pub mod admission;
+pub mod audit;
 pub mod broker;
 pub mod conditions;
 pub mod grant;

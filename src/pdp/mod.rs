@@ -122,6 +122,9 @@ pub struct PdpState {
     /// deny (`not-ready`).
     pub ready: AtomicBool,
     verified: Mutex<VerifiedTokens>,
+    /// The audit trail, when one is configured: every decision is recorded without waiting (dropped
+    /// records are counted, decisions keep flowing).
+    pub audit: std::sync::OnceLock<Arc<crate::audit::AuditTrail>>,
 }
 
 /// Most verified tokens remembered (by SHA-256) at once.
@@ -153,6 +156,7 @@ impl PdpState {
             metrics,
             ready: AtomicBool::new(false),
             verified: Mutex::new(VerifiedTokens::default()),
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -348,7 +352,33 @@ impl PdpState {
             latency_us = took.as_micros() as u64,
             "decision"
         );
+        if let Some(trail) = self.audit.get() {
+            trail.try_record(audit_event(a, caller, q, destination));
+        }
     }
+}
+
+/// The audit record of a decision: never the token, argument values or the query string.
+fn audit_event(
+    a: &Answer,
+    caller: Option<&Caller>,
+    q: &Question,
+    destination: Option<&str>,
+) -> crate::core::audit::Event {
+    let mut e = crate::core::audit::Event::new(crate::core::audit::Kind::Decision);
+    e.actor = a.agent.clone();
+    e.namespace = caller.map(|c| c.namespace.clone());
+    e.agent = caller.map(|c| c.agent.clone());
+    e.task = caller.and_then(|c| c.task.clone()).or_else(|| q.task.clone());
+    e.tool = Some(q.tool.clone());
+    e.action = Some(q.action.clone());
+    e.destination = destination.map(str::to_string);
+    e.decision = Some(a.decision.to_string());
+    e.reasons = a.reasons.iter().map(|r| r.to_string()).collect();
+    e.grant = a.grant.clone();
+    e.request = Some(a.decision_id.clone());
+    e.credential = caller.and_then(|c| c.credential_id.clone());
+    e
 }
 
 /// A random 128-bit decision id, hex.

@@ -7,7 +7,7 @@
 //! status; the log records a short SHA-256 fingerprint instead.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Extension;
@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::api::{AgentIdentity, AgentTask, TaskPhase};
+use crate::audit::{AuditError, AuditTrail};
+use crate::core::audit::{Event, Kind};
 use crate::core::broker::{self, BrokerRefusal};
 use crate::core::ratelimit::{ExpiringSet, KeyedBuckets};
 use crate::core::task;
@@ -46,6 +48,9 @@ pub struct Broker {
     reviews: Mutex<KeyedBuckets<IpAddr>>,
     /// SHA-256 of tokens the apiserver refused lately.
     refused: Mutex<ExpiringSet<[u8; 32]>>,
+    /// The audit trail, when one is configured: every token issued is recorded first (no record, no
+    /// token), and every refusal.
+    pub audit: OnceLock<Arc<AuditTrail>>,
 }
 
 impl Broker {
@@ -56,6 +61,7 @@ impl Broker {
             metrics,
             reviews: Mutex::new(KeyedBuckets::new(REVIEWS_PER_PEER_PER_SECOND, REVIEWS_PER_PEER_BURST, 65_536)),
             refused: Mutex::new(ExpiringSet::new(REFUSED_TOKEN_TTL, 65_536)),
+            audit: OnceLock::new(),
         }
     }
 }
@@ -101,6 +107,9 @@ async fn issue(
         Ok(res) => res,
         Err(Failure::Refused(r)) => {
             b.metrics.token_refused(r.label());
+            // A 400's path is not a task; anything else names one. The refusal stands either way.
+            let task = (!matches!(r, BrokerRefusal::BadRequest(_))).then_some((namespace.as_str(), name.as_str()));
+            let _ = audit_refusal(&b, task, r.label()).await;
             // The path of a 400 is not echoed: it may be anything.
             match &r {
                 BrokerRefusal::BadRequest(_) => info!(reason = r.label(), "task token refused"),
@@ -108,8 +117,18 @@ async fn issue(
             }
             refuse(r)
         }
+        Err(Failure::Audit(e)) => {
+            b.metrics.token_refused("audit_unavailable");
+            warn!(namespace, task = %name, error = %e, "task token not issued: the audit trail cannot record it");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({ "error": "the audit trail cannot record the token, so none is issued; try again" })),
+            )
+                .into_response()
+        }
         Err(Failure::Api(e)) => {
             b.metrics.token_refused("api_error");
+            let _ = audit_refusal(&b, Some((&namespace, &name)), "api_error").await;
             warn!(namespace, task = %name, error = %e, "task token failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -123,6 +142,21 @@ async fn issue(
 enum Failure {
     Refused(BrokerRefusal),
     Api(kube::Error),
+    /// The trail could not record the token: fail closed.
+    Audit(AuditError),
+}
+
+/// Records a refused token request (best effort: the request is refused whatever happens here).
+async fn audit_refusal(b: &Broker, task: Option<(&str, &str)>, reason: &str) -> Result<(), AuditError> {
+    let Some(trail) = b.audit.get() else { return Ok(()) };
+    let mut e = Event::new(Kind::TaskTokenRefused);
+    if let Some((ns, name)) = task {
+        e.namespace = Some(ns.to_string());
+        e.task = Some(name.to_string());
+    }
+    e.decision = Some("refused".into());
+    e.reasons = vec![reason.to_string()];
+    trail.record(e).await
 }
 
 impl From<BrokerRefusal> for Failure {
@@ -225,6 +259,17 @@ async fn issue_for(b: &Broker, namespace: &str, name: &str, username: &str) -> R
         .filter(|t| !t.is_empty())
         .ok_or_else(|| BrokerRefusal::NotActive("the apiserver issued no token".into()))?;
     let expires = status.expiration_timestamp.map(|t| t.0.to_string());
+    if let Some(trail) = b.audit.get() {
+        let mut e = Event::new(Kind::TaskTokenIssued);
+        e.actor = Some(username.to_string());
+        e.namespace = Some(namespace.to_string());
+        e.agent = agent.metadata.name.clone();
+        e.task = Some(name.to_string());
+        e.decision = Some("issued".into());
+        e.credential = Some(trail.fingerprint(&token));
+        // No record, no token: the minted token is dropped unseen (it dies with the task's anchor).
+        trail.record(e).await.map_err(Failure::Audit)?;
+    }
     b.metrics.token_issued();
     info!(namespace, task = %name, agent = %agent.metadata.name.as_deref().unwrap_or_default(),
         fingerprint = %fingerprint(&token), expires = ?expires, "task token issued");
@@ -304,6 +349,25 @@ mod tests {
             call(&b, "/v1/tasks/agents/t/token", &jwt(99), "127.0.0.3:9").await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_are_recorded_in_the_audit_trail() {
+        let b = broker();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::audit::AuditKeys::generate().unwrap().0;
+        let config = crate::audit::AuditConfig::new(dir.path(), "r");
+        let metrics = Arc::new(crate::audit::AuditMetrics::default());
+        let (trail, _) = AuditTrail::open(config, keys, None, metrics).unwrap();
+        assert!(b.audit.set(trail.clone()).is_ok());
+        let (status, _) = call(&b, "/v1/tasks/agents/t1/token", "garbage", "127.0.0.1:9").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let text = std::fs::read_to_string(trail.segment_path(0)).unwrap();
+        let r: crate::core::audit::Record = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(r.kind, Kind::TaskTokenRefused);
+        assert_eq!((r.namespace.as_deref(), r.task.as_deref()), (Some("agents"), Some("t1")));
+        assert_eq!(r.reasons, ["unauthenticated"]);
+        assert!(!text.contains("garbage"), "never the credential");
     }
 
     #[test]

@@ -204,6 +204,7 @@ impl Webhook {
             pdp_client_ca_file: None,
             pdp_trusted_pep: vec![],
             pdp_mesh_trust_domain: vec![],
+            audit: Default::default(),
         };
         let mut args = args;
         configure(&mut args);

@@ -8,11 +8,15 @@
 //! - [`verdict`]: enforcement modes and the final verdict.
 //! - [`grants`]: ToolGrants carry only what their author holds; [`identities`]: agents never write
 //!   agentid's objects, and an AgentIdentity names no ServiceAccount in use.
+//! - [`lint`]: least privilege at review time for AgentIdentities and ToolGrants (`agentid check`);
+//!   [`locate`]: the line and column of a field in its file.
 
 pub mod detectors;
 pub mod exceptions;
 pub mod grants;
 pub mod identities;
+pub mod lint;
+pub mod locate;
 pub mod offline;
 pub mod registration;
 pub mod review;
