@@ -842,10 +842,14 @@ struct Tokens {
 }
 
 async fn caller_token(client: &Client, ns: &str, sa: &str) -> Res<String> {
+    service_account_token(client, ns, sa, "agentid").await
+}
+
+async fn service_account_token(client: &Client, ns: &str, sa: &str, audience: &str) -> Res<String> {
     let tr = TokenRequest {
         metadata: Default::default(),
         spec: Some(TokenRequestSpec {
-            audiences: Some(vec!["agentid".into()]),
+            audiences: Some(vec![audience.into()]),
             expiration_seconds: Some(600),
             bound_object_ref: None,
         }),
@@ -1180,20 +1184,7 @@ async fn revocation(client: &Client, op: &Operator, ns: &str, t: &Tokens) -> Res
 
 /// The agent's own ServiceAccount token for the decision point's audience.
 async fn pdp_token(client: &Client, ns: &str, sa: &str) -> Res<String> {
-    let tr = TokenRequest {
-        metadata: Default::default(),
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec!["agentid-pdp".into()]),
-            expiration_seconds: Some(600),
-            bound_object_ref: None,
-        }),
-        status: None,
-    };
-    let res = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &tr)
-        .await
-        .map_err(|e| format!("TokenRequest {sa}: {e}"))?;
-    res.status.and_then(|s| s.token).ok_or_else(|| "TokenRequest returned no token".into())
+    service_account_token(client, ns, sa, "agentid-pdp").await
 }
 
 fn print_revocation(r: &Revocations) {

@@ -68,19 +68,10 @@ fn check_as(
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn request(token: &str, tool: &str, path: &str) -> Value {
-    json!({"attributes": {"contextExtensions": {"tool": tool, "action": "get", "sensitivity": "internal"},
-        "request": {"http": {"method": "GET", "scheme": "https", "host": "search.internal", "path": path,
-            "headers": {"authorization": format!("Bearer {token}")}}}}})
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_ext_authz_over_grpc() {
-    let env = env("grpc").await;
-    let _op = start_operator(&env.client, operator_config(&env.ns));
-    let hook = Webhook::start(&env.client, &env.ns).await;
-    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
-    let grants: Api<ToolGrant> = Api::namespaced(env.client.clone(), &env.ns);
+/// Agent `bot` with an Active grant for tool `search` (`get` under https://search.internal/api/).
+async fn agent_with_search_grant(client: &kube::Client, ns: &str) -> Api<AgentIdentity> {
+    let agents: Api<AgentIdentity> = Api::namespaced(client.clone(), ns);
+    let grants: Api<ToolGrant> = Api::namespaced(client.clone(), ns);
     let agent: AgentIdentity = from_yaml(
         "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: bot}\nspec: {owner: team, audiences: [https://tools.example.com]}",
     );
@@ -93,6 +84,21 @@ async fn envoy_ext_authz_over_grpc() {
         (grants.get("search").await.ok()?.status?.phase? == GrantPhase::Active).then_some(())
     })
     .await;
+    agents
+}
+
+fn request(token: &str, tool: &str, path: &str) -> Value {
+    json!({"attributes": {"contextExtensions": {"tool": tool, "action": "get", "sensitivity": "internal"},
+        "request": {"http": {"method": "GET", "scheme": "https", "host": "search.internal", "path": path,
+            "headers": {"authorization": format!("Bearer {token}")}}}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_over_grpc() {
+    let env = env("grpc").await;
+    let _op = start_operator(&env.client, operator_config(&env.ns));
+    let hook = Webhook::start(&env.client, &env.ns).await;
+    let _agents = agent_with_search_grant(&env.client, &env.ns).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, hook.ca_pem().await).unwrap();
@@ -165,20 +171,7 @@ async fn a_trusted_enforcement_point_vouches_for_the_agent_by_its_peer_principal
         args.pdp_trusted_pep = vec![envoy.into()];
     })
     .await;
-    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
-    let grants: Api<ToolGrant> = Api::namespaced(env.client.clone(), &env.ns);
-    let agent: AgentIdentity = from_yaml(
-        "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: bot}\nspec: {owner: team, audiences: [https://tools.example.com]}",
-    );
-    agents.create(&PostParams::default(), &agent).await.unwrap();
-    let grant: ToolGrant = from_yaml(
-        "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: search}\nspec: {agentRef: {name: bot}, tools: [{name: search, actions: [get], destinations: ['https://search.internal/api/'], maxDataSensitivity: internal}]}",
-    );
-    grants.create(&PostParams::default(), &grant).await.unwrap();
-    wait_until(Duration::from_secs(30), "grant Active", || async {
-        (grants.get("search").await.ok()?.status?.phase? == GrantPhase::Active).then_some(())
-    })
-    .await;
+    let agents = agent_with_search_grant(&env.client, &env.ns).await;
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, hook.ca_pem().await).unwrap();
     let code = |v: &Value| v["status"]["code"].as_i64().unwrap_or(0);
