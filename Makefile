@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := .cache/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster bench-pdp
+.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster bench-pdp bench-pdp-grpc
 
 all: build
 
@@ -45,6 +45,10 @@ bench:
 ## The decision point under load (AuthZEN over TLS) side by side with OPA on the same grants (bench/opa/)
 bench-pdp:
 	bench/opa/run.sh
+
+## The same over Envoy ext_authz gRPC, driven by ghz, side by side with OPA's Envoy plugin (bench/opa/envoy.rego)
+bench-pdp-grpc:
+	bench/opa/run.sh grpc
 
 ## Benchmarks against a real local control plane (its own, in .cache/bench-cluster): converge, RSS, token, revocation and admission latency
 bench-cluster:
