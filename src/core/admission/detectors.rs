@@ -61,23 +61,37 @@
 //!
 //! # False-positive controls
 //!
-//! - Placeholders are never secrets: `$(VAR)` (Kubernetes), `${VAR}` and `$VAR` (shell), `{{ … }}`
-//!   (templates), `%VAR%`, `<your-token>`, `***`, `...`, values containing `changeme`, `replace_me`,
-//!   `placeholder`, `example`, `your`, `xxxx`, `dummy`, `redacted`, `todo`, `fixme`; values with at
-//!   most 3 distinct characters; values made only of letters and `_.-` (plain words, booleans,
-//!   `REPLACE_ME`, `CorrectHorseBatteryStaple`) — except case-randomised ones that look generated
-//!   (16+ letters, 25–75 % upper case); numbers, dates and IP addresses (only digits and `.,:+-/_`);
-//!   empty values.
+//! - Placeholders are never secrets, but a placeholder must read as one *as a whole*; a real key
+//!   that merely contains a marker word or sits next to a reference is still reported:
+//!   - References: `$(VAR)` (Kubernetes, balanced), `${VAR}` (shell), `{{ … }}` (templates),
+//!     `<fill-in>` (a letter, then letters, digits, spaces, `_.-`), runs of three or more `*` or `.`,
+//!     and `…` are removed, and what remains is judged by the same rules. `$(API_KEY)`, `${A}:${B}`,
+//!     `<your-token>`, `********`, `abc...xyz` are not reported; `<secret>$(UNDEFINED)` is, since
+//!     Kubernetes leaves an undefined reference as literal text. A whole value `$VAR` or `%VAR%` is
+//!     a reference too.
+//!   - Marker words — `xxxx`, `changeme`, `replace`, `placeholder`, `example`, `sample`, `your`,
+//!     `dummy`, `redacted`, `todo`, `fixme`, any case — count only when, after removing a leading
+//!     known key prefix (`sk-proj-`, `ghp_`, `AKIA`, …), the separators `-_./+=: `, the marker words
+//!     and filler words (`api`, `key`, `token`, `here`, `goes`, `insert`, `secret`, …), what remains is
+//!     not random key material: shorter than 8 bytes, fewer than min(8, ⌈len/2⌉) distinct bytes,
+//!     lower-case letters only, or CamelCase words (every capital starts a word of 3+ letters with a
+//!     vowel). So `YOUR_API_KEY_HERE`, `ChangeMe123!`, `example-token`, `sk-proj-your-api-key-goes-right-here`
+//!     are placeholders; 36 random characters with `todo` somewhere inside are not.
+//!   - Values with at most 3 distinct characters; values made only of letters and `_.-` (plain
+//!     words, booleans, `CorrectHorseBatteryStaple`) — except those of 16+ letters that look generated
+//!     (25–75 % upper case, or mixed case that does not split into words) and those whose marker word
+//!     hides random letters (judged as above); numbers, dates and IP addresses (only digits and
+//!     `.,:+-/_`); empty values.
 //! - Specific detectors skip matches whose secret part is obviously fake: at most 3 distinct
-//!   characters, or containing `xxxx`, `example` (so AWS's `AKIAIOSFODNN7EXAMPLE` and
-//!   `wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY`), `your`, `placeholder`, `changeme`, `replace`,
-//!   `dummy`, `redacted` or `sample`, in any case (e.g. `sk_test_xxxxxxxxxxxx`). The jwt.io sample
+//!   characters, a key published in AWS's documentation (exactly `AKIAIOSFODNN7EXAMPLE`,
+//!   `wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY`, …), or a body that reads as a placeholder by the
+//!   marker rule above (e.g. `sk_test_xxxxxxxxxxxx`, `xoxb-123-xxxxxxxxxxxxxxxx`). The jwt.io sample
 //!   token (payload `"sub":"1234567890"`, `"name":"John Doe"`) is not reported.
 //! - E-mail addresses, URLs without a password (`https://api.example.com/v1`), file paths
 //!   (`/var/run/secrets/tokens/agent`, `config/app.yaml`, `projects/p/secrets/db/versions/3`), host
 //!   names (`db.svc.cluster.local:5432`), UUIDs, AWS ARNs and ISO-8601 dates are not secrets.
-//! - A URL password must be 6 bytes or more and not a placeholder as above (`postgres:postgres`,
-//!   `user:$(PW)`, `user:****` are not reported); no entropy floor applies to it.
+//! - A URL password, references removed, must be 6 bytes or more and not a placeholder as above
+//!   (`postgres:postgres`, `user:$(PW)`, `user:****` are not reported); no entropy floor applies to it.
 //! - A generic finding is suppressed where a specific detector already matched (a JWT in `TOKEN=`
 //!   is reported once, as `jwt`); an overlapping later specific match is dropped too (a GitHub token
 //!   in `https://x-access-token:<token>@github.com` is `github-token`, not `url-credentials`).
@@ -318,16 +332,22 @@ fn is_sample_jwt_payload(payload: &str) -> bool {
     })
 }
 
+/// The password, with every reference (`$(PW)`, `${PW}`, `<password>`, `****`) removed, must still be
+/// 6 bytes or more and not a placeholder.
 fn accept_url_credentials(c: &Captures<'_>) -> bool {
-    c.get(2).is_some_and(|p| p.as_str().len() >= 6 && !is_placeholder(p.as_str()))
+    c.get(2).is_some_and(|p| {
+        let p = p.as_str();
+        let rest = strip_references(p);
+        let rest = rest.as_deref().unwrap_or(p);
+        rest.len() >= 6 && !is_placeholder(rest)
+    })
 }
 
-/// Obviously fake secret parts, as found in docs and templates.
-const FAKE_MARKERS: &[&str] =
-    &["xxxx", "example", "your", "placeholder", "changeme", "replace", "dummy", "redacted", "sample"];
-
+/// Obviously fake secret parts, as found in docs and templates: at most 3 distinct characters, a
+/// published example key, or a body that reads as a placeholder as a whole ([`reads_as_placeholder`]).
+/// A marker word that merely occurs inside random key material does not make it fake.
 fn fake_body(body: &str) -> bool {
-    distinct_at_most(body.as_bytes(), 3) || contains_any_ci(body, FAKE_MARKERS)
+    distinct_at_most(body.as_bytes(), 3) || is_documented_example(body) || reads_as_placeholder(body)
 }
 
 /// Specific detectors over `text`; records findings in `out` and the byte ranges they cover
@@ -819,8 +839,17 @@ fn entropy_floor(len: usize) -> f64 {
 }
 
 /// Whether a literal value (of a secret-named variable) looks like a real secret.
+///
+/// A value holding references (`$(VAR)`, `${VAR}`, `{{ … }}`, `<fill-in>`, `***`, `...`) is judged by
+/// what remains once every reference is removed: Kubernetes leaves an undefined `$(VAR)` as literal
+/// text, so `<secret>$(UNDEFINED)` is still the secret.
 fn value_is_secret(raw: &str) -> bool {
     let v = strip_auth_scheme(unquote(raw.trim()));
+    if let Some(rest) = strip_references(v) {
+        let rest = rest.trim();
+        // The remainder holds no reference, so this recurses once.
+        return !rest.is_empty() && strip_references(rest).is_none() && value_is_secret(rest);
+    }
     let b = v.as_bytes();
     if !(8..=MAX_GENERIC_LEN).contains(&b.len()) || b.iter().any(u8::is_ascii_whitespace) {
         return false;
@@ -858,55 +887,281 @@ fn strip_auth_scheme(v: &str) -> &str {
     }
 }
 
-const PLACEHOLDER_MARKERS: &[&str] = &[
-    "xxxx",
-    "changeme",
-    "change_me",
-    "change-me",
-    "replaceme",
-    "replace_me",
-    "replace-me",
-    "placeholder",
-    "example",
-    "your",
-    "dummy",
-    "redacted",
-    "todo",
-    "fixme",
+/// Words that mark a fill-me-in (matched case-insensitively, separators ignored).
+const PLACEHOLDER_MARKERS: &[&str] =
+    &["xxxx", "changeme", "replace", "placeholder", "example", "sample", "your", "dummy", "redacted", "todo", "fixme"];
+
+/// Words that fill out a placeholder around a marker (`YOUR_API_KEY_GOES_HERE`); removed only when a
+/// marker is present. At least 3 letters, so they rarely eat into random key material.
+const PLACEHOLDER_FILLERS: &[&str] = &[
+    "access",
+    "account",
+    "actual",
+    "admin",
+    "anthropic",
+    "api",
+    "app",
+    "auth",
+    "aws",
+    "bearer",
+    "bot",
+    "client",
+    "database",
+    "enter",
+    "fill",
+    "github",
+    "goes",
+    "google",
+    "here",
+    "insert",
+    "key",
+    "keys",
+    "live",
+    "openai",
+    "pass",
+    "password",
+    "paste",
+    "please",
+    "private",
+    "prod",
+    "production",
+    "proj",
+    "project",
+    "real",
+    "secret",
+    "service",
+    "slack",
+    "staging",
+    "string",
+    "stripe",
+    "test",
+    "this",
+    "token",
+    "user",
+    "value",
+    "webhook",
+    "with",
 ];
+
+/// Fixed prefixes of the known key formats, ignored when judging whether a value reads as a placeholder.
+const KEY_PREFIXES: &[&str] = &[
+    "sk-ant-api03-",
+    "sk-ant-admin01-",
+    "sk-svcacct-",
+    "sk-admin-",
+    "sk-proj-",
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "github_pat_",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "xoxa-",
+    "xoxb-",
+    "xoxe-",
+    "xoxp-",
+    "xoxr-",
+    "xoxs-",
+    "xapp-",
+    "sk-",
+    "AKIA",
+    "ASIA",
+    "ABIA",
+    "ACCA",
+    "AIza",
+];
+
+/// Keys published in AWS's documentation, exactly; a real key that merely ends in `EXAMPLE` is not one.
+const DOCUMENTED_EXAMPLES: &[&str] = &[
+    "AKIAIOSFODNN7EXAMPLE",
+    "AKIAI44QH8DHBEXAMPLE",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY",
+];
+
+/// The shortest remainder that can still be key material (see [`reads_as_placeholder`]).
+const MIN_RANDOM_REST: usize = 8;
+
+fn is_documented_example(v: &str) -> bool {
+    DOCUMENTED_EXAMPLES.contains(&v)
+}
+
+fn is_placeholder_separator(c: u8) -> bool {
+    matches!(c, b'-' | b'_' | b'.' | b'/' | b'+' | b'=' | b':' | b' ')
+}
+
+/// Whether `v` reads as a placeholder *as a whole*. A marker word counts only when, after removing a
+/// leading known key prefix (`sk-proj-`, `ghp_`, `AKIA`…), the separators `-_./+=: `, every marker
+/// word and — once a marker is present — every filler word ([`PLACEHOLDER_FILLERS`]), what remains
+/// is not random key material: shorter than 8 bytes, fewer than min(8, ⌈len/2⌉) distinct bytes,
+/// lower-case letters only, or CamelCase words ([`camel_words`]).
+/// So `YOUR_API_KEY_HERE`, `sk-proj-your-api-key-goes-right-here`, `ChangeMe123!`, `example-token`
+/// are placeholders, but 36 random characters with `todo` somewhere in them are not.
+fn reads_as_placeholder(v: &str) -> bool {
+    marker_rest(v).is_some_and(|rest| !looks_random(&rest))
+}
+
+/// `v` without its key prefix, separators, marker and filler words; `None` when it has no marker word.
+fn marker_rest(v: &str) -> Option<Vec<u8>> {
+    let v = KEY_PREFIXES.iter().find_map(|p| v.strip_prefix(p)).unwrap_or(v);
+    let kept: Vec<u8> = v.bytes().filter(|&c| !is_placeholder_separator(c)).collect();
+    let lower = kept.to_ascii_lowercase();
+    let mut removed = vec![false; kept.len()];
+    let mut mark = |words: &[&str]| {
+        let mut any = false;
+        for w in words {
+            let w = w.as_bytes();
+            if lower.len() < w.len() {
+                continue;
+            }
+            for i in 0..=lower.len() - w.len() {
+                if lower[i..i + w.len()] == *w {
+                    removed[i..i + w.len()].fill(true);
+                    any = true;
+                }
+            }
+        }
+        any
+    };
+    if !mark(PLACEHOLDER_MARKERS) {
+        return None;
+    }
+    mark(PLACEHOLDER_FILLERS);
+    Some(kept.iter().zip(&removed).filter(|&(_, &r)| !r).map(|(&c, _)| c).collect())
+}
+
+/// Whether what is left of a value once placeholder words are removed can still be key material.
+fn looks_random(b: &[u8]) -> bool {
+    if b.len() < MIN_RANDOM_REST || distinct_at_most(b, (b.len().div_ceil(2)).min(8) - 1) {
+        return false;
+    }
+    !(b.iter().all(u8::is_ascii_lowercase) || camel_words(b))
+}
+
+/// Letters only, in CamelCase words: every upper-case letter starts a word of 3 or more letters (the
+/// first word may be lower case), and every word has a vowel (`SuperFor`, `OpenAiProd` are words;
+/// random letters almost never are).
+fn camel_words(b: &[u8]) -> bool {
+    if !b.iter().all(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    let starts: Vec<usize> = (0..b.len()).filter(|&i| i == 0 || b[i].is_ascii_uppercase()).collect();
+    starts.iter().enumerate().all(|(k, &s)| {
+        let e = starts.get(k + 1).copied().unwrap_or(b.len());
+        let word = &b[s..e];
+        (word.len() >= 3 || (k == 0 && word[0].is_ascii_lowercase()))
+            && word.iter().any(|c| b"aeiouyAEIOUY".contains(c))
+    })
+}
+
+/// Removes every reference and elision from `v`: `$(…)` (Kubernetes, balanced), `${…}` (shell,
+/// balanced), `{{ … }}` (templates), `<fill-in>` (a letter, then letters, digits, spaces and `_.-`), runs of
+/// three or more `*` or `.`, and `…`. An unclosed `$(`, `${` or `{{` runs to the end. `None` when
+/// there is none.
+fn strip_references(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let n = b.len();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    let mut found = false;
+    let balanced = |from: usize, open: u8, close: u8| {
+        let mut depth = 0usize;
+        for (k, &c) in b.iter().enumerate().skip(from) {
+            if c == open {
+                depth += 1;
+            } else if c == close {
+                depth -= 1;
+                if depth == 0 {
+                    return k + 1;
+                }
+            }
+        }
+        n
+    };
+    while i < n {
+        let end = match b[i] {
+            b'$' if b.get(i + 1) == Some(&b'(') => Some(balanced(i + 1, b'(', b')')),
+            b'$' if b.get(i + 1) == Some(&b'{') => Some(balanced(i + 1, b'{', b'}')),
+            b'{' if b.get(i + 1) == Some(&b'{') => {
+                Some(v.get(i + 2..).and_then(|r| r.find("}}")).map_or(n, |k| i + 2 + k + 2))
+            }
+            b'<' if b.get(i + 1).is_some_and(u8::is_ascii_alphabetic) => {
+                let k =
+                    (i + 1..n).find(|&k| !(b[k].is_ascii_alphanumeric() || matches!(b[k], b' ' | b'_' | b'.' | b'-')));
+                k.filter(|&k| b[k] == b'>').map(|k| k + 1)
+            }
+            c @ (b'*' | b'.') => {
+                let k = (i..n).find(|&k| b[k] != c).unwrap_or(n);
+                (k - i >= 3).then_some(k)
+            }
+            _ if b[i..].starts_with("…".as_bytes()) => Some(i + '…'.len_utf8()),
+            _ => None,
+        };
+        match end {
+            Some(e) => {
+                out.push_str(&v[copied..i]);
+                copied = e;
+                i = e;
+                found = true;
+            }
+            None => i += 1,
+        }
+    }
+    if !found {
+        return None;
+    }
+    out.push_str(&v[copied..]);
+    Some(out)
+}
 
 /// Template variables, fill-me-ins, plain words, numbers: never secrets.
 fn is_placeholder(v: &str) -> bool {
     let v = v.trim();
+    if let Some(rest) = strip_references(v) {
+        let rest = rest.trim();
+        return rest.is_empty() || strip_references(rest).is_some() || is_placeholder(rest);
+    }
     let b = v.as_bytes();
     let Some((&first, rest)) = b.split_first() else { return true };
-    if ["$(", "${", "{{", "***", "..."].iter().any(|p| has(v, p)) {
-        return true;
-    }
     if first == b'$' && !rest.is_empty() && rest.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_') {
         return true;
     }
     if b.len() >= 3 && first == b'%' && b[b.len() - 1] == b'%' {
         return true;
     }
-    if v.contains('<') && v.contains('>') {
-        return true;
-    }
-    if b.iter().all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.' | b'-')) && !random_letters(b) {
-        return true;
+    if b.iter().all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.' | b'-')) {
+        // Plain words, unless a marker word was hiding random letters (`WVFIGZQ` + `REDACTED` + `rAYbn`).
+        if let Some(rest) = marker_rest(v) {
+            return !looks_random(&rest);
+        }
+        if !random_letters(b) {
+            return true;
+        }
     }
     if b.iter().all(|&c| c.is_ascii_digit() || matches!(c, b'.' | b',' | b':' | b'+' | b'-' | b'/' | b'_')) {
         return true;
     }
-    distinct_at_most(b, 3) || contains_any_ci(v, PLACEHOLDER_MARKERS)
+    distinct_at_most(b, 3) || is_documented_example(v) || reads_as_placeholder(v)
 }
 
 /// Letters-only values are words (`changeme`, `REPLACE_ME`, `CorrectHorseBatteryStaple`) unless they are
-/// long and case-randomised like generated secrets: 16+ letters, 25–75 % of them upper case.
+/// long and look generated: 16+ letters, and either 25–75 % of them upper case or mixed case that does
+/// not split into words (each `_.-` segment lower case, upper case or [`camel_words`]).
 fn random_letters(b: &[u8]) -> bool {
     let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
     let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count();
-    letters >= 16 && upper * 4 >= letters && upper * 4 <= letters * 3
+    if letters < 16 {
+        return false;
+    }
+    let words = b.split(|&c| matches!(c, b'_' | b'.' | b'-')).all(|seg| {
+        seg.iter().all(u8::is_ascii_lowercase) || seg.iter().all(u8::is_ascii_uppercase) || camel_words(seg)
+    });
+    (upper * 4 >= letters && upper * 4 <= letters * 3) || !words
 }
 
 fn is_email(v: &str) -> bool {
@@ -1023,12 +1278,6 @@ fn has_bytes(h: &[u8], n: &[u8]) -> bool {
             h.len() >= n.len() && (0..=h.len() - n.len()).any(|i| h[i] == first && &h[i + 1..i + n.len()] == rest)
         }
     }
-}
-
-/// Case-insensitive (ASCII) search for any of `needles`, which must be lower case.
-fn contains_any_ci(hay: &str, needles: &[&str]) -> bool {
-    let lower = hay.to_ascii_lowercase();
-    needles.iter().any(|n| has(&lower, n))
 }
 
 #[cfg(test)]
@@ -1814,5 +2063,360 @@ mod tests {
         assert!(!name_is_secretish(""));
         assert!(!name_is_secretish("--"));
         assert!(!name_is_secretish(&"TOKEN".repeat(40)));
+    }
+
+    // --- placeholders: markers and references must not hide real keys ----------------------
+
+    /// Overwrites `s[at..at + word.len()]` with `word`.
+    fn splice(s: &str, at: usize, word: &str) -> String {
+        format!("{}{word}{}", &s[..at], &s[at + word.len()..])
+    }
+
+    #[test]
+    fn marker_words_inside_real_keys_are_detected() {
+        let aws = aws_key(100);
+        assert_eq!(detect(&splice(&aws, 8, "YOUR")), Some("aws-access-key-id"));
+        assert_eq!(detect(&splice(&aws, 10, "TODO")), Some("aws-access-key-id"));
+        assert_eq!(detect(&splice(&aws, 13, "EXAMPLE")), Some("aws-access-key-id")); // not a documented one
+        assert_eq!(detect(&splice(&ghp_rand(101), 20, "todo")), Some("github-token"));
+        assert_eq!(detect(&splice(&ghp_rand(102), 10, "Your")), Some("github-token"));
+        assert_eq!(detect(&splice(&ghp_rand(103), 4, "xxxx")), Some("github-token"));
+        assert_eq!(detect(&splice(&github_pat(104), 40, "example")), Some("github-token"));
+        assert_eq!(detect(&splice(&stripe(105, "sk_live"), 15, "example")), Some("stripe-key"));
+        assert_eq!(detect(&splice(&stripe(106, "sk_test"), 8, "Sample")), Some("stripe-key"));
+        let slack = slack_bot(107);
+        assert_eq!(detect(&splice(&slack, slack.len() - 10, "your")), Some("slack-token"));
+        assert_eq!(detect(&splice(&slack, slack.len() - 6, "DUMMY")), Some("slack-token"));
+        let hook = slack_webhook(108);
+        assert_eq!(detect(&splice(&hook, hook.len() - 12, "todo")), Some("slack-webhook-url"));
+        assert_eq!(detect(&splice(&google(109), 12, "redacted")), Some("google-api-key"));
+        assert_eq!(detect(&splice(&openai_proj(110), 30, "placeholder")), Some("openai-api-key"));
+        assert_eq!(detect(&splice(&anthropic(111), 40, "changeme")), Some("anthropic-api-key"));
+        let t = jwt(112);
+        assert_eq!(detect(&splice(&t, t.len() - 10, "fixme")), Some("jwt"));
+        let key = pem("RSA ", 113);
+        let at = pem_header("RSA ").len() + 10;
+        assert_eq!(detect(&splice(&key, at, "your")), Some("private-key"));
+        assert_eq!(
+            detect(&format!("https://bot:{}@db:5432/app", splice(&secret(114), 6, "your"))),
+            Some("url-credentials")
+        );
+        // generic: an AWS secret access key (40 bytes of base64) and random secrets with a marker inside
+        let aws_secret =
+            splice(&rand(115, 40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"), 17, "your");
+        assert_eq!(id(scan_value(Some("AWS_SECRET_ACCESS_KEY"), &aws_secret)), Some("generic-secret"));
+        for (seed, word) in [(116, "todo"), (117, "Example"), (118, "xxxx"), (119, "REDACTED"), (120, "changeme")] {
+            let v = splice(&secret(seed), 9, word);
+            assert_eq!(id(scan_value(Some("DB_PASSWORD"), &v)), Some("generic-secret"), "{v}");
+            assert_eq!(ids(scan_text(&format!("--api-token={v}"))), ["generic-secret"], "{v}");
+        }
+    }
+
+    #[test]
+    fn references_next_to_real_keys_are_detected() {
+        let s = secret(130);
+        for v in [
+            format!("{s}$(UNDEFINED)"),
+            format!("$(UNDEFINED){s}"),
+            format!("$(A){s}$(B)"),
+            format!("{s}${{UNDEFINED}}"),
+            format!("{{{{.Values.prefix}}}}{s}"),
+            format!("{s}..."),
+            format!("<prefix>{s}"),
+        ] {
+            assert_eq!(id(scan_value(Some("API_TOKEN"), &v)), Some("generic-secret"), "{v}");
+            // in free text `}` and `<` end a value, so a `{{ … }}` / `<…>` prefix hides what follows there
+            if !v.starts_with(['{', '<']) {
+                assert_eq!(ids(scan_text(&format!("--api-token={v}"))), ["generic-secret"], "{v}");
+            }
+        }
+        assert_eq!(ids(scan_text(&format!("export DB_PASSWORD=$(X){s}; run"))), ["generic-secret"]);
+        assert_eq!(detect(&format!("postgres://app:{s}$(X)@db:5432/app")), Some("url-credentials"));
+        assert_eq!(detect(&format!("postgres://app:$(X){s}@db:5432/app")), Some("url-credentials"));
+        for k in [ghp_rand(131), aws_key(132), stripe(133, "sk_live"), slack_bot(134), openai_proj(135)] {
+            let want = detect(&k);
+            assert!(want.is_some(), "{k}");
+            assert_eq!(detect(&format!("{k}$(UNDEFINED)")), want, "{k}");
+            assert_eq!(detect(&format!("$(UNDEFINED){k}")), want, "{k}");
+            assert_eq!(id(scan_value(Some("API_TOKEN"), &format!("{k}$(UNDEFINED)"))), want, "{k}");
+        }
+    }
+
+    #[test]
+    fn genuine_placeholders_still_pass() {
+        for v in [
+            "<your-api-key>",
+            "<YOUR API KEY 1>",
+            "YOUR_API_KEY_HERE",
+            "YOUR_API_KEY_1234",
+            "your-token-here-1234",
+            "YourApiKeyGoesHere123",
+            "changeme",
+            "ChangeMe123!",
+            "change-me-42",
+            "replace_me_with_real_token_1",
+            "xxxxxxxx",
+            "xxxx-xxxx-xxxx-1234",
+            "${API_KEY}",
+            "$(API_KEY)",
+            "$(A)$(B)",
+            "$(A):$(B)",
+            "${USER}:${PASS}",
+            "todo",
+            "TODO_set_me_1",
+            "example-token",
+            "example-token-123",
+            "sample_key_0001",
+            "sk-...your key...",
+            "sk-proj-your-api-key-goes-right-here",
+            "sk_live_your_key_here_123",
+            "ghp_your_github_token_here",
+            "dummy-secret-2024",
+            "redacted:123",
+            "fixme1234",
+            "AKIAIOSFODNN7EXAMPLE",
+            "AKIAI44QH8DHBEXAMPLE",
+        ] {
+            assert_eq!(id(scan_value(Some("API_TOKEN"), v)), None, "{v:?}");
+            assert_eq!(ids(scan_text(&format!("--api-token={v}"))), Vec::<&str>::new(), "{v:?}");
+            assert_eq!(detect(v), None, "{v:?}");
+        }
+        for v in ["https://u:$(PW)@h/", "https://u:${PW}@h/", "https://u:<your-password>@h/", "https://u:changeme42@h/"]
+        {
+            assert_eq!(detect(v), None, "{v}");
+        }
+        assert_eq!(detect(&format!("AKIA{}", "YOURACCESSKEY123")), None);
+        assert_eq!(detect(&format!("ghp_{}", "YOUR_GITHUB_TOKEN".to_owned() + &"x".repeat(19))), None);
+    }
+
+    #[test]
+    fn reference_stripping() {
+        assert_eq!(strip_references("plain"), None);
+        assert_eq!(strip_references("a$(B)c").as_deref(), Some("ac"));
+        assert_eq!(strip_references("a$(b $(c) d)e").as_deref(), Some("ae"));
+        assert_eq!(strip_references("a${B:-x}c{{ d }}e").as_deref(), Some("ace"));
+        assert_eq!(strip_references("a$(unclosed").as_deref(), Some("a"));
+        assert_eq!(strip_references("<set me>x").as_deref(), Some("x"));
+        assert_eq!(strip_references("a<1>b"), None);
+        assert_eq!(strip_references("ab...c**d***").as_deref(), Some("abc**d"));
+        assert_eq!(strip_references("a…é").as_deref(), Some("aé"));
+    }
+
+    fn ghp_rand(seed: u64) -> String {
+        format!("gh{}_{}", "p", rand(seed, 36, ALNUM))
+    }
+
+    /// Corpus: thousands of generated keys of every detector, some with a marker word overwriting part of
+    /// the random material and/or an undefined `$(VAR)` next to them, must all be detected; thousands of
+    /// non-secret values in non-secret-named variables must not be. Rates print with `--nocapture`.
+    #[test]
+    fn corpus_miss_and_false_positive_rates() {
+        const N: usize = 2_000;
+        const MARKERS: &[&str] =
+            &["xxxx", "changeme", "replace", "example", "sample", "your", "dummy", "redacted", "todo", "fixme"];
+        let mut rng = Rng::new(0xA6E7_1D00);
+        type Gen = fn(&mut Rng) -> (String, std::ops::Range<usize>);
+        // Each generator returns a key and the byte range of its random material.
+        let gens: &[(&str, &str, Gen)] = &[
+            ("aws-access-key-id", "AWS_ACCESS_KEY_ID", |r| (format!("AKIA{}", r.string(16, UPPER_DIGIT)), 4..20)),
+            ("github-token", "GH_TOKEN", |r| (format!("gh{}_{}", "p", r.string(36, ALNUM)), 4..40)),
+            ("github-token", "GH_TOKEN", |r| (format!("github_{}_{}", "pat", r.string(82, ALNUM)), 11..93)),
+            ("anthropic-api-key", "ANTHROPIC_API_KEY", |r| {
+                (format!("sk-{}-api03-{}AA", "ant", r.string(93, URLSAFE)), 13..106)
+            }),
+            ("openai-api-key", "OPENAI_API_KEY", |r| (format!("sk-{}-{}", "proj", r.string(120, URLSAFE)), 8..128)),
+            ("openai-api-key", "OPENAI_API_KEY", |r| {
+                (format!("sk-{}{}{}", r.string(20, ALNUM), "T3Blbk".to_owned() + "FJ", r.string(20, ALNUM)), 31..51)
+            }),
+            ("slack-token", "SLACK_BOT_TOKEN", |r| {
+                let k = format!("xox{}-{}-{}-{}", "b", r.string(12, DIGITS), r.string(13, DIGITS), r.string(24, ALNUM));
+                (k, 32..56)
+            }),
+            ("slack-token", "SLACK_APP_TOKEN", |r| {
+                let k = format!(
+                    "x{}-1-A{}-{}-{}",
+                    "app",
+                    r.string(10, UPPER_DIGIT),
+                    r.string(13, DIGITS),
+                    r.string(64, HEX)
+                );
+                (k, 33..97)
+            }),
+            ("slack-webhook-url", "SLACK_WEBHOOK", |r| {
+                let k = format!(
+                    "https://hooks.{}.com/services/T{}/B{}/{}",
+                    "slack",
+                    r.string(8, UPPER_DIGIT),
+                    r.string(10, UPPER_DIGIT),
+                    r.string(24, ALNUM)
+                );
+                let n = k.len();
+                (k, n - 24..n)
+            }),
+            ("google-api-key", "GOOGLE_API_KEY", |r| (format!("AI{}{}", "za", r.string(35, URLSAFE)), 4..39)),
+            ("stripe-key", "STRIPE_SECRET_KEY", |r| (format!("sk_{}_{}", "live", r.string(24, ALNUM)), 8..32)),
+            ("jwt", "ACCESS_TOKEN", |r| {
+                let payload = format!(r#"{{"sub":"agent-{}","iat":17{}}}"#, r.string(8, HEX), r.string(8, DIGITS));
+                let k = format!(
+                    "{}.{}.{}",
+                    b64(br#"{"alg":"HS256","typ":"JWT"}"#, true),
+                    b64(payload.as_bytes(), true),
+                    r.string(43, URLSAFE)
+                );
+                let n = k.len();
+                (k, n - 43..n)
+            }),
+            ("private-key", "TLS_KEY", |r| {
+                let b64_alpha = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                let lines: Vec<String> = (0..3).map(|_| r.string(64, b64_alpha)).collect();
+                let h = format!("-----BEGIN RSA PRIVATE {}-----\n", "KEY");
+                let k = format!("{h}{}\n-----END RSA PRIVATE {}-----\n", lines.join("\n"), "KEY");
+                (k, h.len()..h.len() + 64)
+            }),
+            ("url-credentials", "DATABASE_URL", |r| {
+                let pw = r.string(20, ALNUM);
+                (format!("postgres://app:{pw}@db.svc:5432/app"), 15..35)
+            }),
+            ("generic-secret", "DB_PASSWORD", |r| (r.string(32, ALNUM), 0..32)),
+            ("generic-secret", "WEBHOOK_SECRET", |r| (r.string(64, HEX), 0..64)),
+            ("generic-secret", "AWS_SECRET_ACCESS_KEY", |r| {
+                let b64_alpha = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                (r.string(40, b64_alpha), 0..40)
+            }),
+        ];
+        let mut total = 0;
+        let mut missed_all = 0;
+        for (want, name, generate) in gens {
+            let mut missed = Vec::new();
+            let t0 = std::time::Instant::now();
+            // N keys per detector, shared among its formats
+            let n = N.div_ceil(gens.iter().filter(|g| g.0 == *want).count());
+            for i in 0..n {
+                let (mut key, range) = generate(&mut rng);
+                // Half the keys carry a marker word by chance, in the key's own alphabet.
+                if i % 2 == 1 {
+                    let upper_only = key[range.clone()].bytes().all(|c| !c.is_ascii_lowercase());
+                    let hex = key[range.clone()].bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+                    // markers of at most half the random part: a chance 9+-letter marker in a 16-character AWS body is 36^-9 or rarer
+                    let fits: Vec<&str> = MARKERS.iter().copied().filter(|m| m.len() <= range.len() / 2).collect();
+                    let mut m = fits[(rng.next() % fits.len() as u64) as usize].to_owned();
+                    if upper_only || (!hex && rng.next().is_multiple_of(2)) {
+                        m = m.to_ascii_uppercase();
+                    }
+                    let at = range.start + (rng.next() % (range.len() - m.len() + 1) as u64) as usize;
+                    key = splice(&key, at, &m);
+                }
+                // A third get an undefined reference appended, a third prepended.
+                key = match (i / 2) % 3 {
+                    0 => key,
+                    1 => format!("{key}$(UNDEFINED_{i})"),
+                    _ => format!("$(UNDEFINED_{i}){key}"),
+                };
+                let got = id(scan_value(Some(name), &key));
+                // as free text too, for every 8th key (keeps the test fast in debug builds)
+                let text_ok = i % 8 != 0 || ids(scan_text(&format!("{name}={key}"))).first() == Some(want);
+                if got != Some(*want) || !text_ok {
+                    missed.push(key);
+                }
+            }
+            eprintln!(
+                "corpus: {want:<18} ({name}): {n} keys, {} missed ({:.3} %) in {:?}",
+                missed.len(),
+                missed.len() as f64 * 100.0 / n as f64,
+                t0.elapsed()
+            );
+            assert!(
+                missed.is_empty(),
+                "{want}: missed {} of {n}, e.g. {:?}",
+                missed.len(),
+                &missed[..missed.len().min(3)]
+            );
+            total += n;
+            missed_all += missed.len();
+        }
+        eprintln!("corpus: all detectors: {total} keys, {missed_all} missed");
+
+        // Non-secret values in non-secret-named variables.
+        let json_configs: Vec<String> = (0..N)
+            .map(|_| {
+                let r = &mut rng;
+                let json = format!(
+                    r#"{{"replicas":{},"region":"eu-west-{}","debug":{},"model":"gpt-{}","timeout":"{}s"}}"#,
+                    r.next() % 10,
+                    r.next() % 3,
+                    r.next().is_multiple_of(2),
+                    r.string(3, DIGITS),
+                    r.next() % 120
+                );
+                b64(json.as_bytes(), false)
+            })
+            .collect();
+        type ValueGen<'a> = Box<dyn Fn(&mut Rng, usize) -> String + 'a>;
+        let kinds: [(&str, &str, bool, ValueGen<'_>); 6] = [
+            (
+                "image digest",
+                "IMAGE",
+                true,
+                Box::new(|r, _| format!("ghcr.io/acme/agent@sha256:{}", r.string(64, HEX))),
+            ),
+            ("commit sha", "GIT_COMMIT", true, Box::new(|r, _| r.string(40, HEX))),
+            (
+                "uuid",
+                "REQUEST_ID",
+                true,
+                Box::new(|r, _| {
+                    let h = r.string(32, HEX);
+                    format!("{}-{}-4{}-a{}-{}", &h[..8], &h[8..12], &h[13..16], &h[17..20], &h[20..])
+                }),
+            ),
+            (
+                "url",
+                "API_ENDPOINT",
+                true,
+                Box::new(|r, _| {
+                    format!(
+                        "https://api.{}.example.com/v1/{}/{}?page={}",
+                        r.string(6, HEX),
+                        r.string(12, ALNUM),
+                        r.string(8, HEX),
+                        r.next() % 100
+                    )
+                }),
+            ),
+            (
+                "semver",
+                "APP_VERSION",
+                true,
+                Box::new(|r, _| {
+                    format!(
+                        "v{}.{}.{}-rc.{}+build.{}",
+                        r.next() % 10,
+                        r.next() % 50,
+                        r.next() % 100,
+                        r.next() % 9,
+                        r.string(7, HEX)
+                    )
+                }),
+            ),
+            ("base64 json config", "APP_CONFIG", false, Box::new(|_, i| json_configs[i].clone())),
+        ];
+        for (kind, name, must_be_zero, generate) in &kinds {
+            let mut flagged = Vec::new();
+            for i in 0..N {
+                let v = generate(&mut rng, i);
+                if scan_value(Some(name), &v).is_some() || (i % 8 == 0 && !scan_text(&format!("{name}={v}")).is_empty())
+                {
+                    flagged.push(v);
+                }
+            }
+            eprintln!(
+                "corpus: non-secret {kind:<18} ({name}): {N} values, {} flagged ({:.3} % false positives)",
+                flagged.len(),
+                flagged.len() as f64 * 100.0 / N as f64
+            );
+            if *must_be_zero {
+                assert!(flagged.is_empty(), "{kind}: {:?}", &flagged[..flagged.len().min(3)]);
+            }
+        }
     }
 }
