@@ -577,3 +577,159 @@ mod tests {
         assert_eq!(w[MAX_LISTED], "[agentid] and 59950 more violation(s) not listed");
     }
 }
+
+/// Property: an UPDATE that changes nothing a rule reads never adds a violation.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::admission::rules::StaticDirectory;
+
+    fn directory() -> StaticDirectory {
+        let mut billing = crate::api::test_agent("billing");
+        billing.metadata.namespace = Some("agents".into());
+        let mut frozen = crate::api::test_agent("frozen");
+        frozen.metadata.namespace = Some("agents".into());
+        frozen.spec.suspended = true;
+        StaticDirectory::new([billing, frozen].iter(), "default")
+    }
+
+    fn env_var() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!({"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}})),
+            Just(json!({"name": "AWS_ACCESS_KEY_ID", "value": "AKIAIOSFODNN7EXAMPLE"})),
+            Just(json!({"name": "LOG_LEVEL", "value": "debug"})),
+            Just(json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})),
+        ]
+    }
+
+    fn container() -> impl Strategy<Value = Value> {
+        (
+            prop::collection::vec(env_var(), 0..3),
+            prop::bool::weighted(0.3),
+            prop_oneof![Just(json!(null)), Just(json!(["--token=ghp_a1B2c3D4e5a1B2c3D4e5a1B2c3D4e5a1B2c3"]))],
+        )
+            .prop_map(|(env, env_from, args)| {
+                let mut c = json!({"name": "app", "image": "registry.example/app:1", "env": env});
+                if env_from {
+                    c["envFrom"] = json!([{"secretRef": {"name": "all-secrets"}}]);
+                }
+                if !args.is_null() {
+                    c["args"] = args;
+                }
+                c
+            })
+    }
+
+    fn pod_spec() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![Just("default"), Just("web"), Just("agent-billing"), Just("agent-frozen")],
+            prop::option::of(any::<bool>()),
+            prop::collection::vec(container(), 1..3),
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(sa, automount, containers, secret_volume)| {
+                let mut spec = json!({"serviceAccountName": sa, "containers": containers});
+                if let Some(automount) = automount {
+                    spec["automountServiceAccountToken"] = json!(automount);
+                }
+                if secret_volume {
+                    spec["volumes"] = json!([{"name": "s", "secret": {"secretName": "s"}}]);
+                }
+                spec
+            })
+    }
+
+    /// A Pod or a Deployment in `agents`, maybe labelled as an agent (existing, suspended or unknown).
+    fn workload() -> impl Strategy<Value = Value> {
+        (any::<bool>(), pod_spec(), prop::option::of(prop_oneof![Just("billing"), Just("frozen"), Just("ghost")]))
+            .prop_map(|(pod, spec, agent)| {
+                let labels = match agent {
+                    Some(a) => json!({"app": "web", "agentid.dev/agent": a}),
+                    None => json!({"app": "web"}),
+                };
+                if pod {
+                    json!({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": "web", "namespace": "agents", "labels": labels}, "spec": spec})
+                } else {
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": "web", "namespace": "agents", "labels": {"app": "web"}},
+                        "spec": {"replicas": 1, "template": {"metadata": {"labels": labels}, "spec": spec}}})
+                }
+            })
+    }
+
+    /// Changes to fields no rule reads: labels other than `agentid.dev/agent`, annotations, replicas.
+    fn irrelevant_change() -> impl Strategy<Value = Vec<(u8, String)>> {
+        prop::collection::vec((0..5u8, "[a-z0-9]{1,8}"), 1..4)
+    }
+
+    fn apply(obj: &mut Value, changes: &[(u8, String)]) {
+        let pod_meta = if obj["kind"] == "Pod" { "/metadata" } else { "/spec/template/metadata" };
+        for (what, value) in changes {
+            let (target, key, v) = match what {
+                0 => ("/metadata", "labels", json!(value)),
+                1 => (pod_meta, "labels", json!(value)),
+                2 => ("/metadata", "annotations", json!(value)),
+                3 => (pod_meta, "annotations", json!(value)),
+                _ => {
+                    if obj["kind"] != "Pod" {
+                        obj["spec"]["replicas"] = json!(value.len());
+                    }
+                    continue;
+                }
+            };
+            let Some(meta) = obj.pointer_mut(target) else { continue };
+            let map = meta.as_object_mut().expect("metadata is an object").entry(key).or_insert_with(|| json!({}));
+            map[format!("example.com/{value}")] = v;
+        }
+    }
+
+    fn request(operation: &str, object: Value, old: Option<Value>) -> AdmissionRequest {
+        AdmissionRequest {
+            uid: "u-1".into(),
+            kind: GroupVersionKind::default(),
+            sub_resource: None,
+            namespace: Some("agents".into()),
+            name: Some("web".into()),
+            operation: operation.into(),
+            user_info: UserInfo { username: "alice".into(), ..Default::default() },
+            object: Some(object),
+            old_object: old,
+            dry_run: None,
+        }
+    }
+
+    fn key(v: &Violation) -> (String, String, String) {
+        (v.rule.as_str().to_string(), v.path.clone(), v.message.clone())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// For a workload and an UPDATE that only changes labels other than `agentid.dev/agent`,
+        /// annotations or replicas: the new object's violations are exactly the old one's (so a subset), the
+        /// UPDATE is judged with no violation and allowed in enforce mode, and it needs no agent `use` check.
+        #[test]
+        fn an_irrelevant_update_adds_no_denial(old in workload(), changes in irrelevant_change()) {
+            let mut new = old.clone();
+            apply(&mut new, &changes);
+            let dir = directory();
+            let now = Timestamp::from_second(1_900_000_000).expect("valid time");
+            let exceptions = ExceptionSet::default();
+            let created_old = judge(&request("CREATE", old.clone(), None), Enforcement::Audit, &dir, &exceptions, now);
+            let created_new = judge(&request("CREATE", new.clone(), None), Enforcement::Audit, &dir, &exceptions, now);
+            let old_keys: Vec<_> = created_old.violations.iter().map(key).collect();
+            let new_keys: Vec<_> = created_new.violations.iter().map(key).collect();
+            prop_assert_eq!(&new_keys, &old_keys);
+
+            let update = request("UPDATE", new, Some(old));
+            let j = judge(&update, Enforcement::Enforce, &dir, &exceptions, now);
+            prop_assert!(j.violations.is_empty(), "{:?}", j.violations);
+            prop_assert!(j.response.allowed);
+            prop_assert!(agent_use_check(&update, &dir).is_none());
+        }
+    }
+}

@@ -1345,3 +1345,241 @@ mod tests {
         let _ = decide(&request("crm", "read", None), &snap, &w.usage, Timestamp::MAX, &DecideConfig::default());
     }
 }
+
+/// Properties: more grants never mean less access; a suspended agent is never allowed.
+#[cfg(test)]
+mod proptests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::api::{AgentIdentity, Approval, GrantLimits, GrantPhase, SessionLimits, ToolGrant};
+    use crate::core::pdp::snapshot::fixtures::*;
+
+    const NOW: i64 = 1_000;
+
+    fn sensitivity() -> impl Strategy<Value = DataSensitivity> {
+        prop_oneof![
+            Just(DataSensitivity::Public),
+            Just(DataSensitivity::Internal),
+            Just(DataSensitivity::Confidential),
+            Just(DataSensitivity::Restricted),
+        ]
+    }
+
+    fn tool_entry() -> impl Strategy<Value = crate::api::Tool> {
+        let actions = prop::sample::subsequence(vec!["read", "write", "delete"], 0..=3);
+        let destinations = prop::sample::subsequence(
+            vec!["https://crm.internal/api/", "crm.internal", "*.example.com", "http://crm.internal/", "bad*pattern"],
+            0..=2,
+        );
+        (
+            prop_oneof![Just("crm"), Just("mail")],
+            actions,
+            destinations,
+            sensitivity(),
+            prop_oneof![5 => Just(Risk::Low), 1 => Just(Risk::High)],
+        )
+            .prop_map(|(name, actions, destinations, max, risk)| {
+                let mut t = tool(name, &actions, &destinations);
+                t.max_data_sensitivity = max;
+                t.risk = risk;
+                t
+            })
+    }
+
+    /// A grant named `name`, in any state, mostly for agent `triage`.
+    fn grant(name: String) -> impl Strategy<Value = ToolGrant> {
+        let window = prop_oneof![5 => Just(None), 1 => Just(Some(0)), 1 => Just(Some(NOW)), 1 => Just(Some(2 * NOW))];
+        let limits = prop::option::weighted(0.3, (prop::option::of(0..3i32), prop::option::of(0..3i32)));
+        let when = prop::option::weighted(
+            0.3,
+            prop_oneof![
+                Just("true"),
+                Just("request.action == 'read'"),
+                Just("task.calls < 1"),
+                Just("grant == 'z-new'"),
+                Just("request.tool + 1 == 2"),
+                Just("user.admin"),
+                Just("(("),
+            ],
+        );
+        let phase = prop_oneof![
+            12 => Just(Some(GrantPhase::Active)),
+            1 => Just(Some(GrantPhase::Pending)),
+            1 => Just(Some(GrantPhase::Expired)),
+            1 => Just(Some(GrantPhase::Revoked)),
+            1 => Just(None),
+        ];
+        (
+            prop_oneof![5 => Just("triage"), 1 => Just("billing")],
+            prop::collection::vec(tool_entry(), 1..3),
+            prop::bool::weighted(0.2),
+            (window.clone(), window),
+            limits,
+            when,
+            phase,
+        )
+            .prop_map(move |(agent, tools, approval, (from, until), limits, when, phase)| {
+                let mut g = active_grant(&name, agent, tools);
+                g.spec.approval = approval.then(|| Approval { required: true, ..Default::default() });
+                g.spec.valid_from = from.map(|s| Time(t(s)));
+                g.spec.valid_until = until.map(|s| Time(t(s)));
+                g.spec.limits = limits.map(|(max_calls_per_session, calls_per_minute)| GrantLimits {
+                    max_calls_per_session,
+                    calls_per_minute,
+                });
+                g.spec.when = when.map(str::to_string);
+                g.status.as_mut().expect("fixture has a status").phase = phase;
+                g
+            })
+    }
+
+    /// Grants `g0`, `g1`, … (names distinct).
+    fn grants() -> impl Strategy<Value = Vec<ToolGrant>> {
+        let generated = prop::collection::vec(0..1u8, 0..5)
+            .prop_flat_map(|slots| slots.iter().enumerate().map(|(i, _)| grant(format!("g{i}"))).collect::<Vec<_>>());
+        // Often also a lenient grant, so that many first decisions allow.
+        let lenient =
+            prop::option::of(prop_oneof![Just(&[][..]), Just(&["https://crm.internal/api/", "*.example.com"][..])])
+                .prop_map(|destinations| {
+                    destinations.map(|d| {
+                        let mut tools = vec![tool("crm", &[], d), tool("mail", &[], d)];
+                        for t in &mut tools {
+                            t.max_data_sensitivity = DataSensitivity::Restricted;
+                        }
+                        active_grant("g-lenient", "triage", tools)
+                    })
+                });
+        (generated, lenient).prop_map(|(mut grants, lenient)| {
+            grants.extend(lenient);
+            grants
+        })
+    }
+
+    fn agent(suspended: impl Strategy<Value = bool>) -> impl Strategy<Value = AgentIdentity> {
+        let limits = prop::option::weighted(
+            0.2,
+            (prop::option::of(0..3i32), prop::option::of(prop_oneof![Just("30m"), Just("1s"), Just("soon")])),
+        );
+        (suspended, prop::bool::weighted(0.9), limits).prop_map(|(suspended, ready, limits)| {
+            let mut a = if ready { ready_agent("triage") } else { crate::api::test_agent("triage") };
+            a.spec.suspended = suspended;
+            a.spec.session_limits = limits.map(|(max_tool_calls, max_duration)| SessionLimits {
+                max_tool_calls,
+                max_duration: max_duration.map(str::to_string),
+            });
+            a
+        })
+    }
+
+    fn request() -> impl Strategy<Value = DecisionRequest> {
+        (
+            prop_oneof![Just("crm"), Just("mail")],
+            prop_oneof![Just("read"), Just("write"), Just("delete")],
+            prop::option::of(prop_oneof![
+                Just("https://crm.internal/api/x"),
+                Just("https://crm.internal/api/x"),
+                Just("https://a.example.com/"),
+                Just("https://crm.internal/admin"),
+                Just("http://crm.internal/api/x"),
+                Just("https://a.example.com/"),
+                Just("https://crm.internal.evil.net/api/"),
+                Just("https://crm.internal@evil.net/api/"),
+            ]),
+            prop::option::of(sensitivity()),
+            prop_oneof![6 => Just(Some("t1")), 2 => Just(None), 1 => Just(Some("other"))],
+            prop_oneof![6 => Just(Some("uid-triage")), 2 => Just(None), 1 => Just(Some("uid-old"))],
+        )
+            .prop_map(|(tool, action, destination, sensitivity, task, uid)| DecisionRequest {
+                namespace: "agents".into(),
+                agent: "triage".into(),
+                agent_uid: uid.map(str::to_string),
+                task: task.map(str::to_string),
+                tool: tool.into(),
+                action: action.into(),
+                destination: destination.map(str::to_string),
+                sensitivity,
+                method: Some("GET".into()),
+                argument_names: vec![],
+            })
+    }
+
+    /// Calls already counted: (grant index, calls) in task `t1` and in the current minute.
+    fn usage(req: &DecisionRequest, counted: &[(usize, u8)]) -> MemoryUsage {
+        let mut usage = MemoryUsage::default();
+        for (i, n) in counted {
+            let charge = Charge { grant: format!("g{i}"), task: Some("t1".into()), minute: Some(minute_of(t(NOW))) };
+            for _ in 0..*n {
+                usage.record(req, &charge);
+            }
+        }
+        usage
+    }
+
+    fn decide_with(
+        agent: &AgentIdentity,
+        grants: &[ToolGrant],
+        req: &DecisionRequest,
+        usage: &MemoryUsage,
+    ) -> Decision {
+        let tasks = [active_task("t1", "triage"), active_task("other", "billing")];
+        let snap = Snapshot::build(std::slice::from_ref(agent), grants, &tasks, "cluster.local");
+        decide(req, &snap, usage, t(NOW), &DecideConfig::default())
+    }
+
+    /// Deny < approval-required < allow.
+    fn rank(o: Outcome) -> u8 {
+        match o {
+            Outcome::Deny => 0,
+            Outcome::ApprovalRequired => 1,
+            Outcome::Allow => 2,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Adding a grant (under a name not yet taken, so it has no counted calls) never lowers the outcome:
+        /// an allow stays an allow, an approval-required is never turned into a deny. Decisions are taken
+        /// at the same time with the same counters (fresh or with some calls already counted).
+        #[test]
+        fn adding_a_grant_never_takes_access_away(
+            agent in agent(prop::bool::weighted(0.1)),
+            before in grants(),
+            added in prop_oneof![Just("a-new"), Just("m-new"), Just("z-new")].prop_flat_map(|n| grant(n.to_string())),
+            req in request(),
+            counted in prop::collection::vec((0..4usize, 0..3u8), 0..3),
+        ) {
+            let usage = usage(&req, &counted);
+            let first = decide_with(&agent, &before, &req, &usage);
+            let mut after = before.clone();
+            after.push(added);
+            let second = decide_with(&agent, &after, &req, &usage);
+            prop_assert!(
+                rank(second.outcome) >= rank(first.outcome),
+                "adding a grant lowered {:?} to {:?}", first, second
+            );
+            if first.is_allowed() {
+                prop_assert!(second.charge.is_some());
+            }
+        }
+
+        /// A suspended agent is denied whatever its grants, usage and the request; when the request is
+        /// well-formed and the caller's uid is the agent's, the reason is agent-suspended.
+        #[test]
+        fn a_suspended_agent_is_never_allowed(
+            agent in agent(Just(true)),
+            grants in grants(),
+            req in request(),
+            counted in prop::collection::vec((0..4usize, 0..3u8), 0..3),
+        ) {
+            let d = decide_with(&agent, &grants, &req, &usage(&req, &counted));
+            prop_assert_eq!(d.outcome, Outcome::Deny, "{:?}", d);
+            prop_assert!(d.charge.is_none());
+            if req.agent_uid.as_deref() != Some("uid-old") {
+                prop_assert_eq!(d.reasons, vec![ReasonCode::AgentSuspended]);
+            }
+        }
+    }
+}

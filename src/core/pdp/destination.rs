@@ -821,3 +821,244 @@ mod tests {
         assert_eq!(pattern("https://crm.internal/api/").to_string(), "https://crm.internal/api/");
     }
 }
+
+/// Property: a pattern never matches a destination on another host (or scheme, or port).
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Host labels, some of them tricky: upper case, numeric, hex, underscores, empty.
+    fn label() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop_oneof![Just("crm"), Just("internal"), Just("example"), Just("com"), Just("evil"), Just("net"), Just("a")],
+            3 => prop_oneof![Just("CRM"), Just("Example"), Just("EVIL"), Just("a_b"), Just("x-y"), Just("xn--bcher-kva")],
+            1 => prop_oneof![Just("0x7f"), Just("127"), Just("1"), Just(""), Just("%2e")],
+        ]
+        .prop_map(str::to_string)
+    }
+
+    fn host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => (prop::collection::vec(label(), 1..4), prop::bool::weighted(0.1)).prop_map(|(labels, dot)| {
+                let mut h = labels.join(".");
+                if dot {
+                    h.push('.');
+                }
+                h
+            }),
+            1 => prop_oneof![
+                Just("10.0.0.1"),
+                Just("127.0.0.1"),
+                Just("127.1"),
+                Just("2130706433"),
+                Just("[::1]"),
+                Just("[0:0::1]"),
+                Just("[2001:DB8::1]"),
+                Just("[::ffff:10.0.0.1]"),
+            ]
+            .prop_map(str::to_string),
+        ]
+    }
+
+    /// `:port` or nothing, including default, zero-padded and invalid ports.
+    fn port() -> impl Strategy<Value = String> {
+        prop_oneof![
+            12 => Just(""),
+            2 => Just(":8443"),
+            1 => Just(":443"),
+            1 => Just(":80"),
+            1 => Just(":8443"),
+            1 => Just(":08443"),
+            1 => Just(":0"),
+            1 => Just(":65536"),
+            1 => Just(":"),
+            1 => Just(":443:1"),
+        ]
+        .prop_map(str::to_string)
+    }
+
+    fn scheme() -> impl Strategy<Value = String> {
+        prop_oneof![6 => Just("https"), 2 => Just("http"), 1 => Just("HTTPS"), 1 => Just("Http"), 1 => Just("ftp")]
+            .prop_map(str::to_string)
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(""),
+            Just("/"),
+            Just("/api"),
+            Just("/api/"),
+            Just("/api/x"),
+            Just("/apix"),
+            Just("/a/../api/"),
+            Just("/api/../admin/"),
+            Just("/api/%2e%2e/admin"),
+            Just("/api/..;/admin"),
+            Just("/%61pi/x"),
+            Just("/api%2fx"),
+            Just("/https://crm.internal/api/"),
+            Just("/@crm.internal/"),
+            Just("/.example.com"),
+        ]
+        .prop_map(str::to_string)
+    }
+
+    /// A pattern: a URL prefix, a host or a `*.` glob, with its host written as `host`.
+    fn pattern_with(host: String) -> impl Strategy<Value = String> {
+        (0..3u8, scheme(), port(), path()).prop_map(move |(kind, scheme, port, path)| match kind {
+            0 => format!("{scheme}://{host}{port}{path}"),
+            1 => format!("{host}{port}"),
+            _ => format!("*.{host}{port}"),
+        })
+    }
+
+    /// A destination whose host is derived from the pattern's host `h`, in ways that should and should not
+    /// match, or is unrelated.
+    fn destination_near(h: String) -> impl Strategy<Value = String> {
+        let hosts = prop_oneof![
+            Just(h.clone()),
+            Just(h.clone()),
+            Just(format!("b.{h}")),
+            Just(h.to_ascii_uppercase()),
+            Just(format!("a.{h}")),
+            Just(format!("A.b.{h}")),
+            Just(format!("{h}.evil.net")),
+            Just(format!("a.{h}.evil.net")),
+            Just(format!("evil{h}")),
+            Just(format!("{h}.")),
+            Just(format!("{h}@evil.net")),
+            Just(format!("evil.net@{h}")),
+            Just(format!("a.{h}@evil.net")),
+            Just(format!("evil.net%2f{h}")),
+            Just(format!("evil.net#.{h}")),
+            Just(format!("evil.net?.{h}")),
+            Just(format!("evil.net/.{h}")),
+            host(),
+        ];
+        (scheme(), hosts, port(), path(), prop_oneof![Just(""), Just("?q=@evil.net"), Just("#@evil.net")])
+            .prop_map(|(scheme, host, port, path, tail)| format!("{scheme}://{host}{port}{path}{tail}"))
+    }
+
+    /// The simplest reading of an accepted URL, independent of the parser: scheme, host (lower case,
+    /// IPv6 canonical), and effective port.
+    fn naive(url: &str) -> (String, String, u16) {
+        let (scheme, rest) = url.split_once("://").expect("accepted URLs have ://");
+        let scheme = scheme.to_ascii_lowercase();
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (inside, after) = v6.split_once(']').expect("closed bracket");
+            (format!("[{}]", inside.parse::<Ipv6Addr>().expect("IPv6")), after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
+                None => (authority.to_ascii_lowercase(), None),
+            }
+        };
+        let default = if scheme == "https" { 443 } else { 80 };
+        let port = port.map_or(default, |p| p.parse::<u16>().expect("accepted port"));
+        (scheme, host, port)
+    }
+
+    /// A destination written from the pattern's own text, with something appended.
+    fn destination_from(p: String) -> impl Strategy<Value = String> {
+        let written = if p.contains("://") {
+            p
+        } else if let Some(suffix) = p.strip_prefix("*.") {
+            format!("https://a.{suffix}")
+        } else {
+            format!("https://{p}")
+        };
+        prop_oneof![
+            Just(""),
+            Just("/x"),
+            Just("x"),
+            Just("/../x"),
+            Just("/..;/x"),
+            Just("@evil.net"),
+            Just("@evil.net/"),
+            Just(".evil.net"),
+            Just(".evil.net/"),
+            Just(".:8443"),
+            Just(":8443/"),
+            Just("%2fx"),
+            Just("%2e%2e/x"),
+            Just("?x"),
+            Just("#x"),
+            Just("/%2E%2E/x"),
+        ]
+        .prop_map(move |extra| format!("{written}{extra}"))
+    }
+
+    fn case() -> impl Strategy<Value = (String, String)> {
+        host().prop_flat_map(pattern_with).prop_flat_map(|p| {
+            let h = match p.split_once("://") {
+                Some((_, rest)) => rest.split(['/', ':']).next().unwrap_or_default().to_string(),
+                None => p.trim_start_matches("*.").split(':').next().unwrap_or_default().to_string(),
+            };
+            (Just(p.clone()), prop_oneof![destination_near(h), destination_from(p)])
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// If pattern and destination are both accepted and the pattern matches, the destination goes to the
+        /// pattern's host (for `*.suffix`: exactly one label in front of the suffix), with the pattern's
+        /// scheme (HTTPS for host patterns) and the same effective port, read the simplest way from the
+        /// strings; and the parser read the destination's host and port that way too.
+        #[test]
+        fn matching_never_reaches_another_host((p, d) in case()) {
+            let (Ok(pattern), Ok(dest)) = (DestinationPattern::parse(&p), Destination::parse(&d)) else {
+                return Ok(());
+            };
+            let (d_scheme, d_host, d_port) = naive(&d);
+            prop_assert_eq!(dest.host(), d_host.as_str(), "parser and naive reading disagree on the host of {}", d);
+            prop_assert_eq!(dest.port().unwrap_or(dest.scheme().default_port()), d_port);
+            prop_assert_eq!(dest.scheme().as_str(), d_scheme.as_str());
+            if !pattern.matches(&dest) {
+                return Ok(());
+            }
+            if p.contains("://") {
+                let (p_scheme, p_host, p_port) = naive(&p);
+                prop_assert_eq!((&d_scheme, &d_host, d_port), (&p_scheme, &p_host, p_port), "{} matched {}", p, d);
+            } else {
+                let (glob, written) = match p.strip_prefix("*.") {
+                    Some(rest) => (true, rest),
+                    None => (false, p.as_str()),
+                };
+                let (_, p_host, p_port) = naive(&format!("https://{written}/"));
+                prop_assert_eq!(d_scheme.as_str(), "https", "{} matched {}", p, d);
+                prop_assert_eq!(d_port, p_port, "{} matched {}", p, d);
+                if glob {
+                    let label = d_host.strip_suffix(&format!(".{p_host}"));
+                    prop_assert!(
+                        label.is_some_and(|l| !l.is_empty() && !l.contains(['.', '[', ']', ':'])),
+                        "{} matched {}", p, d
+                    );
+                } else {
+                    prop_assert_eq!(&d_host, &p_host, "{} matched {}", p, d);
+                }
+            }
+        }
+
+        /// The other direction, so the property above is not vacuous: an accepted pattern matches the
+        /// destination it names (for a glob, one label in front of its suffix).
+        #[test]
+        fn a_pattern_matches_what_it_names(p in host().prop_flat_map(pattern_with)) {
+            let Ok(pattern) = DestinationPattern::parse(&p) else {
+                return Ok(());
+            };
+            let named = if p.contains("://") {
+                p.clone()
+            } else if let Some(suffix) = p.strip_prefix("*.") {
+                format!("https://Sub.{suffix}/x")
+            } else {
+                format!("https://{p}/x")
+            };
+            let dest = Destination::parse(&named);
+            prop_assert!(dest.as_ref().is_ok_and(|d| pattern.matches(d)), "{} vs {}: {:?}", p, named, dest);
+        }
+    }
+}
