@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := .cache/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster bench-pdp bench-pdp-grpc
+.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster bench-pdp bench-pdp-grpc bench-check
 
 all: build
 
@@ -49,6 +49,10 @@ bench-pdp:
 ## The same over Envoy ext_authz gRPC, driven by ghz, side by side with OPA's Envoy plugin (bench/opa/envoy.rego)
 bench-pdp-grpc:
 	bench/opa/run.sh grpc
+
+## `agentid check -` on 10,000 manifests from standard input: wall time and peak RSS (bench/check/run.sh)
+bench-check:
+	bench/check/run.sh
 
 ## Benchmarks against a real local control plane (its own, in .cache/bench-cluster): converge, RSS, token, revocation and admission latency
 bench-cluster:
