@@ -272,8 +272,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Err(e) => warn!(error = %api_reason(&e), "could not check the operator namespace"),
     }
 
+    let mut trail = None;
     if !args.no_webhook {
-        start_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
+        trail = serve_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?.1;
     }
 
     let ctx = Arc::new(Context::new(client.clone(), config, metrics));
@@ -319,6 +320,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let (Some(cfg), Ok(())) = (&leader, &result) {
         leader::release(client, cfg).await;
     }
+    // A last signed checkpoint, so the trail's end is covered by a signature and not by the chain alone.
+    if let Some(trail) = trail {
+        match trail.checkpoint().await {
+            Ok(_) => info!("audit trail: final checkpoint written"),
+            Err(e) => warn!(error = %e, "audit trail: no final checkpoint"),
+        }
+    }
     result?;
     info!("agentid operator stopped");
     Ok(())
@@ -356,6 +364,17 @@ pub async fn start_webhook(
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
 ) -> Result<server::Listening> {
+    Ok(serve_webhook(args, client, metrics, ready).await?.0)
+}
+
+/// [`start_webhook`], also handing back the audit trail (with `--audit-dir`) for a last checkpoint at
+/// shutdown.
+pub async fn serve_webhook(
+    args: &RunArgs,
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+) -> Result<(server::Listening, Option<Arc<crate::audit::AuditTrail>>)> {
     // Admission judges workloads in every watched namespace, so it caches their AgentIdentities.
     let agents_api: Api<AgentIdentity> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -436,10 +455,10 @@ pub async fn start_webhook(
     )
     .await
     .map_err(|e| Error::Config(format!("audit trail: {e}")))?;
-    if let Some(trail) = trail {
+    if let Some(trail) = &trail {
         info!(dir = ?args.audit.audit_dir, "audit trail open");
         let _ = broker.audit.set(trail.clone());
-        let _ = pdp.audit.set(trail);
+        let _ = pdp.audit.set(trail.clone());
     }
     let cfg = ServeConfig {
         addr: args.webhook_addr,
@@ -465,5 +484,5 @@ pub async fn start_webhook(
         limits: Limits::default(),
         metrics: Some(state.metrics.clone()),
     };
-    server::serve(client, webhook::router(state), cfg, ready).await
+    Ok((server::serve(client, webhook::router(state), cfg, ready).await?, trail))
 }
