@@ -31,7 +31,6 @@ fn agentid(args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_decisions_are_in_a_verifiable_trail() {
     let env = env("audit").await;
-    let _op = start_operator(&env.client, operator_config(&env.ns));
     let dir = tempfile::tempdir().unwrap();
     let trail_dir = dir.path().join("trail");
     let hook = Webhook::start_with(&env.client, &env.ns, |args| {
@@ -42,6 +41,8 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
         args.audit.audit_key_secret = "agentid-audit-key".into();
     })
     .await;
+    // The controllers record lifecycle changes (task started / completed, grant activated) in the same trail.
+    let _op = start_operator_with_trail(&env.client, operator_config(&env.ns), hook.audit.clone());
     hook.label(&env.ns, None).await;
     let ns = env.ns.clone();
     let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &ns);
@@ -106,6 +107,13 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
     .await;
     let denied = ask("https://crm.internal/admin/users").await;
     assert_eq!(denied["decision"], false, "{denied}");
+    // The task ends: its completion is recorded by the task controller.
+    let done = serde_json::json!({"spec": {"completed": true}});
+    tasks.patch("t1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&done)).await.unwrap();
+    wait_until(Duration::from_secs(30), "task Completed", || async {
+        (tasks.get("t1").await.ok()?.status?.phase? == TaskPhase::Completed).then_some(())
+    })
+    .await;
 
     // Checkpoints anchored in the cluster (every 3 records or every second).
     let checkpoints: Api<AuditCheckpoint> = Api::namespaced(env.client.clone(), &hook.operator_ns);
@@ -121,14 +129,25 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
     assert_eq!(code, 0, "{out}\n{err}");
 
     // The agent's timeline: its task token and both decisions, never the token itself.
-    let (code, out, err) = agentid(&["audit", "timeline", "--agent", &format!("{ns}/bot"), "-o", "json", &trail]);
-    assert_eq!(code, 0, "{err}");
+    // The controllers record without waiting: read the timeline until their records are in (a checkpoint
+    // first flushes whatever is queued before it).
+    let trail_handle = hook.audit.clone().expect("the trail is open");
+    let (out, kinds) = wait_until(Duration::from_secs(20), "lifecycle records in the timeline", || async {
+        trail_handle.checkpoint().await.ok()?;
+        let (code, out, err) = agentid(&["audit", "timeline", "--agent", &format!("{ns}/bot"), "-o", "json", &trail]);
+        assert_eq!(code, 0, "{err}");
+        let kinds: Vec<String> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["kind"].as_str().map(str::to_string))
+            .collect();
+        ["task-started", "task-completed", "grant-activated"]
+            .iter()
+            .all(|lifecycle| kinds.iter().any(|k| k == lifecycle))
+            .then_some((out, kinds))
+    })
+    .await;
     assert!(!out.contains(&token), "the token itself is in the trail");
-    let kinds: Vec<String> = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["kind"].as_str().map(str::to_string))
-        .collect();
     assert!(kinds.iter().any(|k| k.contains("token")), "{out}");
     assert!(kinds.iter().filter(|k| k.contains("decision")).count() >= 2, "{out}");
     assert!(out.contains("destination-not-granted"), "{out}");

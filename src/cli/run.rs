@@ -277,7 +277,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         trail = serve_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?.1;
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics));
+    let mut ctx = Context::new(client.clone(), config, metrics);
+    ctx.audit = trail.clone();
+    let ctx = Arc::new(ctx);
     // Followers are ready too: they serve the webhook and the token endpoint.
     readiness.controllers.store(true, Ordering::Release);
     let leader = (!args.no_leader_elect).then(|| LeaderConfig::new(&args.operator_namespace, &ctx.config.instance));

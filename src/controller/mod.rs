@@ -46,13 +46,23 @@ pub struct Context {
     pub config: OperatorConfig,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The audit trail (with `--audit-dir`): lifecycle changes are recorded in it.
+    pub audit: Option<Arc<crate::audit::AuditTrail>>,
 }
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: "agentid".into(), instance: Some(config.instance.clone()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, config, recorder, metrics }
+        Self { client, config, recorder, metrics, audit: None }
+    }
+
+    /// Records a lifecycle change in the audit trail, if there is one (without waiting; a full trail
+    /// counts the drop).
+    pub fn audit(&self, event: Option<crate::core::audit::Event>) {
+        if let (Some(trail), Some(e)) = (&self.audit, event) {
+            trail.try_record(e);
+        }
     }
 
     /// Writes `new` as the status of `obj` when it differs from `old` (steady state costs no writes),

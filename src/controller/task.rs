@@ -97,6 +97,14 @@ async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
     }
     // status (only when it changed, so steady state costs no writes)
     ctx.write_status(task.as_ref(), task.status.as_ref(), &plan.status, &plan.events).await?;
+    ctx.audit(crate::core::audit::lifecycle::task_transition(
+        task.status.as_ref().and_then(|s| s.phase),
+        plan.status.phase,
+        &ns,
+        &task.name_any(),
+        &task.spec.agent_ref.name,
+        plan.reason,
+    ));
     // The phase changes at expiry without any watch event: wake up then.
     Ok(Action::requeue(plan.requeue_after))
 }

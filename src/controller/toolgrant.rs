@@ -87,6 +87,13 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
     }
     // status (only when it changed, so steady state costs no writes)
     ctx.write_status(grant.as_ref(), grant.status.as_ref(), &plan.status, &plan.events).await?;
+    ctx.audit(crate::core::audit::lifecycle::grant_transition(
+        grant.status.as_ref().and_then(|s| s.phase),
+        plan.status.phase,
+        &grant.namespace().unwrap_or_default(),
+        &grant.name_any(),
+        &grant.spec.agent_ref.name,
+    ));
     for e in &plan.events {
         ctx.metrics.grant_transition(e.reason);
     }

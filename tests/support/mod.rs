@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use std::collections::BTreeMap;
 
-use agentid::cli::run::{RunArgs, start_webhook};
+use agentid::cli::run::{RunArgs, serve_webhook};
 use agentid::controller::{Context, OperatorConfig};
 use agentid::metrics::Metrics;
 use agentid::probes::Readiness;
@@ -103,8 +103,19 @@ pub fn operator_config(ns: &str) -> OperatorConfig {
 }
 
 pub fn start_operator(client: &Client, config: OperatorConfig) -> Operator {
+    start_operator_with_trail(client, config, None)
+}
+
+/// [`start_operator`], recording lifecycle changes in `trail`.
+pub fn start_operator_with_trail(
+    client: &Client,
+    config: OperatorConfig,
+    trail: Option<Arc<agentid::audit::AuditTrail>>,
+) -> Operator {
     let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
+    let mut ctx = Context::new(client.clone(), config, metrics.clone());
+    ctx.audit = trail;
+    let ctx = Arc::new(ctx);
     let handles = vec![
         tokio::spawn(agentid::controller::identity::run(ctx.clone())),
         tokio::spawn(agentid::controller::toolgrant::run(ctx.clone())),
@@ -161,6 +172,8 @@ pub struct Webhook {
     pub webhook_addr: std::net::SocketAddr,
     /// The decision point's address.
     pub pdp_addr: std::net::SocketAddr,
+    /// The audit trail, when the flags opened one.
+    pub audit: Option<Arc<agentid::audit::AuditTrail>>,
 }
 
 impl Webhook {
@@ -214,7 +227,7 @@ impl Webhook {
         // a listener of a test running alongside may take it in between: then pick another.
         let mut retries = 0;
         let listening = loop {
-            match start_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await {
+            match serve_webhook(&args, client.clone(), metrics.clone(), ready.clone()).await {
                 Err(agentid::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse && retries < 5 => {
                     retries += 1;
                     let port = free_port();
@@ -224,6 +237,7 @@ impl Webhook {
                 started => break started.expect("webhook starts"),
             }
         };
+        let (listening, audit) = listening;
         let addr = listening.of("broker").expect("the broker listens");
         assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
         let w = Webhook {
@@ -235,6 +249,7 @@ impl Webhook {
             addr,
             webhook_addr: listening.webhook,
             pdp_addr: listening.of("pdp").expect("the decision point listens"),
+            audit,
         };
         w.label(&w.operator_ns.clone(), Some("enforce")).await;
         w

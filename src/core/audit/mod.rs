@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod lifecycle;
 pub mod record;
 pub mod timeline;
 pub mod verify;
