@@ -163,15 +163,7 @@ async fn run() -> Res<()> {
         }
         Err(e) => {
             println!("## 3. Task token latency\n\nFAILED: {e}\n");
-            Tokens {
-                ca: Vec::new(),
-                samples: Vec::new(),
-                tokens: Vec::new(),
-                attempts: 0,
-                answers: BTreeMap::new(),
-                failures: Vec::new(),
-                timed_out: false,
-            }
+            Tokens::new(Vec::new())
         }
     };
     match revocation(&client, &op, &ns_b, &tokens).await {
@@ -841,6 +833,20 @@ struct Tokens {
     timed_out: bool,
 }
 
+impl Tokens {
+    fn new(ca: Vec<u8>) -> Tokens {
+        Tokens {
+            ca,
+            samples: Vec::new(),
+            tokens: Vec::new(),
+            attempts: 0,
+            answers: BTreeMap::new(),
+            failures: Vec::new(),
+            timed_out: false,
+        }
+    }
+}
+
 async fn caller_token(client: &Client, ns: &str, sa: &str) -> Res<String> {
     service_account_token(client, ns, sa, "agentid").await
 }
@@ -895,15 +901,7 @@ async fn token_latency(client: &Client, op: &Operator, ns: &str) -> Res<Tokens> 
     // Section 4 asks the decision point about these tokens: the agent's grant for the tool.
     create(&Api::<ToolGrant>::namespaced(client.clone(), ns), &tool_grant_obj("bot-search", "bot")).await?;
 
-    let mut t = Tokens {
-        ca: ca.clone(),
-        samples: Vec::new(),
-        tokens: Vec::new(),
-        attempts: 0,
-        answers: BTreeMap::new(),
-        failures: Vec::new(),
-        timed_out: false,
-    };
+    let mut t = Tokens::new(ca.clone());
     let section = Instant::now();
     for i in 0..TASKS {
         if section.elapsed() > SECTION_TIMEOUT {

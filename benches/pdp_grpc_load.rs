@@ -56,8 +56,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use agentid::metrics::DecisionLabels;
 use agentid::pdp::PdpState;
 use agentid::pdp::grpc::interfaces;
-use agentid::server::listener::{Limits, Listener, TlsHandle};
-use agentid::server::tls;
 
 // The world (agents, grants, tokens, OPA data, the calls and the agreement cases), shared with
 // benches/pdp_load.rs.
@@ -514,24 +512,7 @@ fn main() {
     );
 
     // agentid: ext_authz and AuthZEN on its TLS listener (HTTP/2 by ALPN), on its own 2-thread runtime.
-    let (ca, ca_key) = tls::generate_ca(now).unwrap();
-    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
-    let material =
-        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
-    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let app = interfaces(state.clone());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener =
-                Listener::bind("pdp", "127.0.0.1:0".parse().unwrap(), handle, app, Limits::default()).unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            listener.run().await;
-        });
-    });
-    let addr = rx.recv().unwrap();
-    let ca = ca.into_bytes();
+    let Served { addr, ca, .. } = serve(interfaces(state.clone()), now);
 
     // Files for ghz, grpcurl and OPA in the target's temporary directory.
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pdp-bench-grpc");

@@ -40,8 +40,6 @@ use tokio::sync::{Mutex, mpsc};
 use agentid::core::jwt::{self, KeySet};
 use agentid::pdp::http::router;
 use agentid::pdp::{PdpState, Question};
-use agentid::server::listener::{Limits, Listener, TlsHandle};
-use agentid::server::tls;
 
 // The world (agents, grants, tokens, OPA data, the calls and the agreement cases), shared with
 // benches/pdp_grpc_load.rs.
@@ -481,28 +479,7 @@ fn main() {
     in_process(&state, &tokens, &plan, &keys);
 
     // The server: agentid's listener on its own 2-thread runtime.
-    let (ca, ca_key) = tls::generate_ca(now).unwrap();
-    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
-    let material = tls::TlsMaterial {
-        cert_pem: cert.clone().into_bytes(),
-        key_pem: key.clone().into_bytes(),
-        ca_pem: None,
-        not_after: None,
-    };
-    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let app = router(state.clone());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener =
-                Listener::bind("pdp", "127.0.0.1:0".parse().unwrap(), handle, app, Limits::default()).unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            listener.run().await;
-        });
-    });
-    let addr = rx.recv().unwrap();
-    let ca = ca.into_bytes();
+    let Served { addr, ca, cert, key } = serve(router(state.clone()), now);
 
     // The client: its own 2-thread runtime.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

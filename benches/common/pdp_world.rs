@@ -356,3 +356,40 @@ pub fn load_average() -> String {
     let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
+
+/// A decision point's routes served by agentid's own TLS listener on 127.0.0.1, on a 2-thread runtime of
+/// its own (so the load client does not share it).
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    /// The CA (PEM) clients trust.
+    pub ca: Vec<u8>,
+    /// The serving certificate and key (PEM), for a peer engine to serve with the same.
+    pub cert: String,
+    pub key: String,
+}
+
+pub fn serve(app: axum::Router, now: k8s_openapi::jiff::Timestamp) -> Served {
+    use agentid::server::listener::{Limits, Listener, TlsHandle};
+    use agentid::server::tls;
+    let (ca, ca_key) = tls::generate_ca(now).unwrap();
+    let (cert, key, _) =
+        tls::generate_serving(&ca_key, &["localhost".into()], now, std::time::Duration::from_secs(3600)).unwrap();
+    let material = tls::TlsMaterial {
+        cert_pem: cert.clone().into_bytes(),
+        key_pem: key.clone().into_bytes(),
+        ca_pem: None,
+        not_after: None,
+    };
+    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener =
+                Listener::bind("pdp", "127.0.0.1:0".parse().unwrap(), handle, app, Limits::default()).unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            listener.run().await;
+        });
+    });
+    Served { addr: rx.recv().unwrap(), ca: ca.into_bytes(), cert, key }
+}
