@@ -129,6 +129,10 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
     assert_eq!(code, 0, "{out}\n{err}");
 
     // The agent's timeline: its task token and both decisions, never the token itself.
+    // The agent is suspended: recorded by the identity controller.
+    let suspend = serde_json::json!({"spec": {"suspended": true}});
+    agents.patch("bot", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&suspend)).await.unwrap();
+
     // The controllers record without waiting: read the timeline until their records are in (a checkpoint
     // first flushes whatever is queued before it).
     let trail_handle = hook.audit.clone().expect("the trail is open");
@@ -141,7 +145,7 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter_map(|v| v["kind"].as_str().map(str::to_string))
             .collect();
-        ["task-started", "task-completed", "grant-activated"]
+        ["task-started", "task-completed", "grant-activated", "agent-suspended"]
             .iter()
             .all(|lifecycle| kinds.iter().any(|k| k == lifecycle))
             .then_some((out, kinds))

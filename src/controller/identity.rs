@@ -63,6 +63,13 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
     }
     // status (only when it changed, so steady state costs no writes)
     ctx.write_status(agent.as_ref(), agent.status.as_ref(), &plan.status, &plan.events).await?;
+    let suspended = |conds: &[_]| crate::core::conditions::is_true(conds, crate::core::conditions::SUSPENDED);
+    ctx.audit(crate::core::audit::lifecycle::agent_transition(
+        agent.status.as_ref().map(|s| suspended(&s.conditions)),
+        suspended(&plan.status.conditions),
+        &ns,
+        &agent.name_any(),
+    ));
     Ok(Action::requeue(requeue))
 }
 

@@ -57,6 +57,20 @@ pub fn grant_transition(
     Some(e)
 }
 
+/// The record of an agent's `Suspended` condition changing: `old` is whether it was true (`None`: no
+/// status yet, so a first suspension is recorded but a first "not suspended" is not).
+pub fn agent_transition(old: Option<bool>, new: bool, namespace: &str, agent: &str) -> Option<Event> {
+    let kind = match (old, new) {
+        (Some(true), true) | (Some(false) | None, false) => return None,
+        (_, true) => Kind::AgentSuspended,
+        (Some(true), false) => Kind::AgentResumed,
+    };
+    let mut e = Event::new(kind);
+    e.namespace = Some(namespace.to_string());
+    e.agent = Some(agent.to_string());
+    Some(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +104,13 @@ mod tests {
         assert_eq!(kind(Some(G::Active), Some(G::Active)), None);
         assert_eq!(kind(Some(G::Active), Some(G::Pending)), None);
         assert_eq!(grant_transition(None, Some(G::Active), "ns", "g", "bot").unwrap().grant.as_deref(), Some("g"));
+
+        let kind = |old, new| agent_transition(old, new, "ns", "bot").map(|e| e.kind);
+        assert_eq!(kind(Some(false), true), Some(Kind::AgentSuspended));
+        assert_eq!(kind(None, true), Some(Kind::AgentSuspended));
+        assert_eq!(kind(Some(true), false), Some(Kind::AgentResumed));
+        assert_eq!(kind(Some(true), true), None);
+        assert_eq!(kind(Some(false), false), None);
+        assert_eq!(kind(None, false), None);
     }
 }
