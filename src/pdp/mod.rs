@@ -241,32 +241,16 @@ impl PdpState {
     /// the same agent). `Err` explains an `unauthenticated` denial.
     pub async fn identify(&self, creds: Credentials<'_>) -> Result<Caller, String> {
         let principal = creds.principal.filter(|p| !p.is_empty());
-        let trusted = principal.filter(|_| creds.principal_trusted);
-        let by_principal = |p: &str| {
+        let by_principal = principal.filter(|_| creds.principal_trusted).map(|p| {
             let accounts = self.accounts.read().unwrap_or_else(|e| e.into_inner());
             let snap = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
             caller::identify_principal(p, &snap, &accounts, &self.config.mesh_trust_domains)
+        });
+        let by_token = match creds.bearer {
+            Some(bearer) => Some(self.authenticate(bearer).await),
+            None => None,
         };
-        match (creds.bearer, trusted) {
-            (Some(bearer), None) => self.authenticate(bearer).await,
-            (Some(bearer), Some(p)) => {
-                let by_token = self.authenticate(bearer).await?;
-                let by_peer = by_principal(p)?;
-                if (&by_token.namespace, &by_token.agent) != (&by_peer.namespace, &by_peer.agent) {
-                    return Err(format!("the peer principal {p} and the token name different agents"));
-                }
-                Ok(by_token)
-            }
-            (None, Some(p)) => by_principal(p),
-            (None, None) => Err(match principal {
-                Some(p) => format!(
-                    "no credential: the peer principal {p} is not honoured from this client (it presented no \
-                     client certificate of a trusted enforcement point, see --pdp-trusted-pep); present the \
-                     agent's task token as a Bearer token"
-                ),
-                None => "no credential: present the agent's task token as a Bearer token".into(),
-            }),
-        }
+        caller::combine(by_token, principal, by_principal)
     }
 
     async fn decide(&self, creds: Credentials<'_>, q: &Question) -> (Decision, Option<Caller>) {

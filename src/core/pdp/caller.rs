@@ -191,6 +191,39 @@ fn accounts_match(principal: &str, agent: &super::snapshot::AgentEntry) -> bool 
     }
 }
 
+/// How a caller's credentials combine into one identity: `by_token` from a bearer token, if one was
+/// presented; `by_principal` from the reported peer `principal`, present only when the enforcement point
+/// reporting it is trusted. With both, they must name the same agent (the token's identity is kept: it
+/// carries the task). An untrusted principal alone is no credential, and the error says why.
+pub fn combine(
+    by_token: Option<Result<Caller, String>>,
+    principal: Option<&str>,
+    by_principal: Option<Result<Caller, String>>,
+) -> Result<Caller, String> {
+    match (by_token, by_principal) {
+        (Some(token), None) => token,
+        (Some(token), Some(peer)) => {
+            let (token, peer) = (token?, peer?);
+            if (&token.namespace, &token.agent) != (&peer.namespace, &peer.agent) {
+                return Err(format!(
+                    "the peer principal {} and the token name different agents",
+                    principal.unwrap_or_default()
+                ));
+            }
+            Ok(token)
+        }
+        (None, Some(peer)) => peer,
+        (None, None) => Err(match principal {
+            Some(p) => format!(
+                "no credential: the peer principal {p} is not honoured from this client (it presented no \
+                 client certificate of a trusted enforcement point, see --pdp-trusted-pep); present the \
+                 agent's task token as a Bearer token"
+            ),
+            None => "no credential: present the agent's task token as a Bearer token".into(),
+        }),
+    }
+}
+
 /// Whether what a request says of itself agrees with its credential: a subject, if named, is the
 /// caller's agent (its SPIFFE ID or `<namespace>/<name>`), and a task, if named, is the one a task token
 /// is bound to. `Err` is the explanation of a `bad-request` denial.
@@ -361,6 +394,24 @@ mod tests {
             )]);
             assert!(identify_principal(p, &snap, &stale, &[]).is_err());
         }
+    }
+
+    #[test]
+    fn credentials_combine_into_one_caller() {
+        let snap = snapshot();
+        let bot = identify(&token(None, "agentid-pdp"), &snap, Some(&account()), None, "agentid-pdp").unwrap();
+        let other = Caller { agent: "other".into(), ..bot.clone() };
+        let p = Some("spiffe://cluster.local/ns/agents/agent/bot");
+        assert_eq!(combine(Some(Ok(bot.clone())), None, None), Ok(bot.clone()));
+        assert_eq!(combine(None, p, Some(Ok(bot.clone()))), Ok(bot.clone()));
+        assert_eq!(combine(Some(Ok(bot.clone())), p, Some(Ok(bot.clone()))), Ok(bot.clone()));
+        assert!(combine(Some(Ok(bot.clone())), p, Some(Ok(other))).unwrap_err().contains("different agents"));
+        // Either failing fails the whole.
+        assert_eq!(combine(Some(Err("bad token".into())), p, Some(Ok(bot.clone()))), Err("bad token".into()));
+        assert_eq!(combine(Some(Ok(bot)), p, Some(Err("bad peer".into()))), Err("bad peer".into()));
+        // An untrusted principal alone (no by_principal) is no credential, and says so.
+        assert!(combine(None, p, None).unwrap_err().contains("not honoured"));
+        assert!(combine(None, None, None).unwrap_err().starts_with("no credential"));
     }
 
     #[test]
