@@ -17,6 +17,8 @@ pub struct AuditMetrics {
     pub failures: Family<ReasonLabels, Counter>,
     /// Checkpoints, by result (signed, anchored, anchor_failed, anchor_dropped).
     pub checkpoints: Family<ReasonLabels, Counter>,
+    /// Audit events received from the kube-apiserver, by outcome (recorded, ignored, malformed).
+    pub apiserver_events: Family<ReasonLabels, Counter>,
 }
 
 impl AuditMetrics {
@@ -39,7 +41,16 @@ impl AuditMetrics {
             "Audit checkpoints by result (signed, anchored, anchor_failed, anchor_dropped)",
             m.checkpoints.clone(),
         );
+        registry.register(
+            "audit_apiserver_events",
+            "Audit events received from the kube-apiserver, by outcome (recorded: an agent's call; ignored: anyone else's or an earlier stage; malformed: a batch that did not parse)",
+            m.apiserver_events.clone(),
+        );
         m
+    }
+
+    pub fn apiserver_event(&self, outcome: &str) {
+        self.apiserver_events.get_or_create(&ReasonLabels { reason: outcome.into() }).inc();
     }
 
     pub fn dropped(&self, reason: &str) {

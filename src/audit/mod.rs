@@ -11,6 +11,7 @@
 //! hash). Every N records or T seconds the writer signs a checkpoint, appends it to
 //! `<chain>.checkpoints` and hands it to the anchor (an AuditCheckpoint object). See `docs/audit.md`.
 
+pub mod ingest;
 pub mod keys;
 pub mod metrics;
 
@@ -144,6 +145,11 @@ pub struct AuditFlags {
     /// Do not anchor checkpoints as AuditCheckpoint objects (they are still written next to the trail).
     #[arg(long, env = "AGENTID_AUDIT_NO_ANCHOR")]
     pub audit_no_anchor: bool,
+    /// Take the kube-apiserver's audit events (its webhook backend) at `/audit/apiserver` on the admission
+    /// listener and record agents' own API calls. Needs --audit-dir and --webhook-client-ca-file (only the
+    /// apiserver, with its client certificate, may post). See docs/audit.md.
+    #[arg(long, env = "AGENTID_AUDIT_APISERVER_EVENTS")]
+    pub audit_apiserver_events: bool,
 }
 
 /// Starts the trail `flags` describe (none without `--audit-dir`): keys from the Secret in `namespace`
@@ -295,6 +301,26 @@ impl AuditTrail {
         let (ack, done) = oneshot::channel();
         self.tx.send(Cmd::Checkpoint(ack)).await.map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// The trail's metrics.
+    pub fn metrics(&self) -> &AuditMetrics {
+        &self.metrics
+    }
+
+    /// A trail whose writer is gone: every record fails with `Closed` (tests of callers).
+    #[cfg(test)]
+    pub(crate) fn closed_for_tests() -> AuditTrail {
+        let (tx, _) = mpsc::channel(1);
+        AuditTrail {
+            tx,
+            metrics: Arc::new(AuditMetrics::default()),
+            fingerprint_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"k"),
+            chain: "c".into(),
+            dir: PathBuf::new(),
+            public_key: String::new(),
+            record_timeout: Duration::from_millis(50),
+        }
     }
 
     /// A keyed fingerprint of a sensitive value, for the record's `credential` field.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::core::audit::timeline::{self, Filter, Merge};
+use crate::core::audit::timeline::{self, Filter, Joined, Merge};
 use crate::core::audit::{Checkpoint, Record, Report, Verifier, VerifyOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -354,14 +354,15 @@ pub fn timeline_inner(args: &TimelineArgs, out: &mut dyn Write, now: Timestamp) 
                 next_file: 0,
                 reader: None,
                 buf: Vec::with_capacity(1024),
-                filter: filter.clone(),
+                // Task and time are filtered after the join (an API call names no task of its own).
+                filter: Filter { task: None, since: None, ..filter.clone() },
                 needle: format!("\"agent\":{}", serde_json::Value::String(agent.clone())),
                 errors: errors.clone(),
             }
         })
         .collect();
     let mut w = std::io::BufWriter::with_capacity(1 << 16, out);
-    for r in Merge::new(streams) {
+    for r in Joined::new(Merge::new(streams), filter) {
         let res = match args.output {
             Output::Text => writeln!(w, "{}", timeline::text_line(&r)),
             Output::Json => {

@@ -486,5 +486,23 @@ pub async fn serve_webhook(
         limits: Limits::default(),
         metrics: Some(state.metrics.clone()),
     };
-    Ok((server::serve(client, webhook::router(state), cfg, ready).await?, trail))
+    let mut app = webhook::router(state.clone());
+    if args.audit.audit_apiserver_events {
+        let Some(trail) = trail.clone() else {
+            return Err(Error::Config("--audit-apiserver-events needs --audit-dir".into()));
+        };
+        if args.webhook_client_ca_file.is_none() {
+            return Err(Error::Config(
+                "--audit-apiserver-events needs --webhook-client-ca-file: only the apiserver, with its client certificate, may post audit events".into(),
+            ));
+        }
+        let ingest = crate::audit::ingest::IngestState {
+            trail,
+            agents: state.agents.clone(),
+            trust_domain: args.trust_domain.clone(),
+        };
+        app = app.merge(crate::audit::ingest::router(Arc::new(ingest)));
+        info!(path = crate::audit::ingest::PATH, "taking the apiserver's audit events");
+    }
+    Ok((server::serve(client, app, cfg, ready).await?, trail))
 }

@@ -142,6 +142,18 @@ pub struct ServiceAccountToken {
     pub subject: String,
 }
 
+/// The `jti` of a token, read without verifying it: only for a token agentid itself just received from
+/// the apiserver's TokenRequest (the broker records it so the apiserver's audit events join the task).
+pub fn unverified_id(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        jti: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Id>(&bytes).ok()?.jti.filter(|j| !j.is_empty())
+}
+
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: i64 = 30;
 
@@ -318,6 +330,14 @@ mod tests {
         assert_eq!(v.service_account, NameUid { name: "agent-bot".into(), uid: "agent-bot-uid".into() });
         assert_eq!(v.secret, Some(NameUid { name: "agentid-task-t1".into(), uid: "sec-uid".into() }));
         assert_eq!(v.id.as_deref(), Some("jti-1"));
+        assert_eq!(unverified_id(&t).as_deref(), Some("jti-1"));
+    }
+
+    #[test]
+    fn unverified_ids_of_garbage_are_none() {
+        for t in ["", "a", "a.b", "a.!!.c", "a.e30.c", "a.eyJqdGkiOiIifQ.c", "a.eyJqdGkiOjF9.c"] {
+            assert_eq!(unverified_id(t), None, "{t}");
+        }
     }
 
     #[test]

@@ -266,7 +266,12 @@ async fn issue_for(b: &Broker, namespace: &str, name: &str, username: &str) -> R
         e.agent = agent.metadata.name.clone();
         e.task = Some(name.to_string());
         e.decision = Some("issued".into());
-        e.credential = Some(trail.fingerprint(&token));
+        // The apiserver's credential id of the token (`JTI=…`): its audit events of the calls made with
+        // the token carry the same id, which joins them to this task. A keyed fingerprint otherwise.
+        e.credential = Some(match crate::core::jwt::unverified_id(&token) {
+            Some(jti) => crate::core::audit::apicall::credential_id_of_jti(&jti),
+            None => trail.fingerprint(&token),
+        });
         // No record, no token: the minted token is dropped unseen (it dies with the task's anchor).
         trail.record(e).await.map_err(Failure::Audit)?;
     }

@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write;
 
-use super::record::Record;
+use super::record::{Kind, Record};
 
 /// Which records a timeline shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +136,48 @@ impl<I: Iterator<Item = Record>> Iterator for Merge<I> {
     }
 }
 
+/// Joins an agent's API calls to the task whose token made them, then applies the task and time filter.
+///
+/// The broker records each task token it issues with the token's credential id (`JTI=…`); the apiserver
+/// names the same id on every call made with that token. A token is issued before it is used, so in a
+/// chronological stream the issue record always comes first: one pass, memory one entry per token of
+/// the agent. Records are fed unfiltered by task and time (the issue record may be older than `since`).
+pub struct Joined<I: Iterator<Item = Record>> {
+    inner: I,
+    filter: Filter,
+    tasks_by_credential: std::collections::HashMap<String, String>,
+}
+
+impl<I: Iterator<Item = Record>> Joined<I> {
+    pub fn new(inner: I, filter: Filter) -> Self {
+        Joined { inner, filter, tasks_by_credential: Default::default() }
+    }
+}
+
+impl<I: Iterator<Item = Record>> Iterator for Joined<I> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        loop {
+            let mut r = self.inner.next()?;
+            match r.kind {
+                Kind::TaskTokenIssued => {
+                    if let (Some(c), Some(t)) = (&r.credential, &r.task) {
+                        self.tasks_by_credential.insert(c.clone(), t.clone());
+                    }
+                }
+                Kind::ApiCall if r.task.is_none() => {
+                    r.task = r.credential.as_ref().and_then(|c| self.tasks_by_credential.get(c)).cloned();
+                }
+                _ => {}
+            }
+            if self.filter.matches(&r) {
+                return Some(r);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +229,38 @@ mod tests {
         let merged: Vec<String> =
             Merge::new(vec![a.into_iter(), b.into_iter()]).map(|r| format!("{}{}", r.chain, r.seq)).collect();
         assert_eq!(merged, ["a0", "b0", "b1", "a1", "b2"]);
+    }
+
+    #[test]
+    fn api_calls_join_the_task_whose_token_made_them() {
+        let mut issued = rec("a", 0, "2026-01-01T00:00:01.000000Z", "bot", Some("t1"));
+        issued.kind = Kind::TaskTokenIssued;
+        issued.credential = Some("JTI=1".into());
+        let call = |seq: u64, time: &str, cred: Option<&str>| {
+            let mut r = rec("b", seq, time, "bot", None);
+            r.kind = Kind::ApiCall;
+            r.credential = cred.map(Into::into);
+            r
+        };
+        let records = vec![
+            call(0, "2026-01-01T00:00:00.500000Z", Some("JTI=1")),
+            issued,
+            call(1, "2026-01-01T00:00:02.000000Z", Some("JTI=1")),
+            call(2, "2026-01-01T00:00:03.000000Z", Some("JTI=2")),
+            call(3, "2026-01-01T00:00:04.000000Z", None),
+        ];
+        let all = Filter { namespace: "agents".into(), agent: "bot".into(), task: None, since: None };
+        let tasks: Vec<Option<String>> = Joined::new(records.clone().into_iter(), all).map(|r| r.task).collect();
+        assert_eq!(tasks, [None, Some("t1".into()), Some("t1".into()), None, None]);
+        // The task filter sees the joined calls; `since` later than the issue still joins.
+        let t1 = Filter {
+            namespace: "agents".into(),
+            agent: "bot".into(),
+            task: Some("t1".into()),
+            since: Some("2026-01-01T00:00:01.500000Z".into()),
+        };
+        let seqs: Vec<(String, u64)> = Joined::new(records.into_iter(), t1).map(|r| (r.chain, r.seq)).collect();
+        assert_eq!(seqs, [("b".to_string(), 1)]);
     }
 
     #[test]
