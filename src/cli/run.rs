@@ -461,6 +461,7 @@ pub async fn serve_webhook(
         info!(dir = ?args.audit.audit_dir, "audit trail open");
         let _ = broker.audit.set(trail.clone());
         let _ = pdp.audit.set(trail.clone());
+        let _ = state.audit.set(trail.clone());
     }
     let cfg = ServeConfig {
         addr: args.webhook_addr,

@@ -30,6 +30,7 @@ use crate::core::admission::review::{self, Judgement};
 use crate::core::admission::review::{AdmissionRequest, AdmissionResponse, ResponseStatus, UserInfo};
 use crate::core::admission::rules::{AgentDirectory, AgentInfo};
 use crate::core::admission::verdict::{Enforcement, Verdict};
+use crate::core::audit::admission::admission_events;
 use crate::core::ratelimit::TokenBucket;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -111,6 +112,8 @@ pub struct WebhookState {
     pub metrics: Arc<Metrics>,
     /// The budget of SubjectAccessReviews ([`ACCESS_CHECKS_PER_SECOND`], [`ACCESS_CHECKS_BURST`]).
     pub access_checks: Mutex<TokenBucket>,
+    /// The audit trail (with `--audit-dir`): denials, warnings, audit findings and exceptions used.
+    pub audit: std::sync::OnceLock<Arc<crate::audit::AuditTrail>>,
 }
 
 impl WebhookState {
@@ -128,6 +131,7 @@ impl WebhookState {
             exceptions: RwLock::new(exceptions),
             metrics,
             access_checks: Mutex::new(TokenBucket::new(ACCESS_CHECKS_PER_SECOND, ACCESS_CHECKS_BURST)),
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -198,6 +202,14 @@ async fn validate_workloads(Path(mode): Path<String>, State(s): State<Arc<Webhoo
         review::judge_with(&req, mode, s.agents.as_ref(), &exceptions, Timestamp::now(), use_denied.as_deref())
     };
     record(&s.metrics, mode, &req.user_info.username, &judgement, started.elapsed());
+    if let Some(trail) = s.audit.get() {
+        let dry_run = req.dry_run == Some(true);
+        let user = &req.user_info.username;
+        // Not waited for: admission is never held up by the trail (a dropped record is counted).
+        for e in admission_events(mode, user, &req.uid, &req.operation, dry_run, &judgement) {
+            trail.try_record(e);
+        }
+    }
     axum::Json(review::respond(judgement.response)).into_response()
 }
 

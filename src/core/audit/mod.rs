@@ -3,6 +3,7 @@
 //! per-agent timeline ([`timeline`]). No I/O and no clock: the writer (`crate::audit`) and the CLI
 //! (`agentid audit`) do those. The format is documented in `docs/audit.md`.
 
+pub mod admission;
 pub mod apicall;
 pub mod chain;
 pub mod checkpoint;
