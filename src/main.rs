@@ -36,6 +36,9 @@ enum Command {
     Decide(agentid::cli::decide::DecideArgs),
     /// Check (`verify`) and read (`timeline`) the tamper-evident audit trail.
     Audit(agentid::cli::audit::AuditArgs),
+    /// The least-privilege report: per agent, what it was granted against what it used (from the audit
+    /// trail and the cluster), with findings tagged by framework (docs/frameworks.md).
+    Report(agentid::cli::report::ReportArgs),
     /// Print the version.
     Version,
 }
@@ -60,6 +63,11 @@ fn main() -> ExitCode {
             &mut std::io::stderr().lock(),
         )),
         Command::Audit(args) => ExitCode::from(agentid::cli::audit::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )),
+        Command::Report(args) => ExitCode::from(agentid::cli::report::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

@@ -299,7 +299,17 @@ async fn an_agents_secret_read_is_in_its_timeline() {
         .create(
             &PostParams::default(),
             &from_yaml(
-                "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: read-db}\nspec: {agentRef: {name: reader}, kubernetesRules: [{apiGroups: [''], resources: [secrets], resourceNames: [db-creds], verbs: [get]}]}",
+                "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: read-db}\nspec: {agentRef: {name: reader}, kubernetesRules: [{apiGroups: [''], resources: [secrets], resourceNames: [db-creds], verbs: [get, list]}]}",
+            ),
+        )
+        .await
+        .unwrap();
+    // A grant the agent never uses: the report says so.
+    grants
+        .create(
+            &PostParams::default(),
+            &from_yaml(
+                "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: pager}\nspec: {agentRef: {name: reader}, tools: [{name: pagerduty, actions: [page], destinations: ['https://pager.internal/'], maxDataSensitivity: internal}]}",
             ),
         )
         .await
@@ -323,15 +333,9 @@ async fn an_agents_secret_read_is_in_its_timeline() {
     let own = sa_token(&env.client, &ns, "agent-reader", "agentid").await;
     let ca = std::fs::read(cluster.join("pki/ca.crt")).unwrap();
     let auth = format!("Bearer {own}");
-    let (status, text) = https_request(
-        &ca,
-        hook.addr,
-        "POST",
-        &format!("/v1/tasks/{ns}/rotate/token"),
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, text) =
+        https_request(&ca, hook.addr, "POST", &format!("/v1/tasks/{ns}/rotate/token"), &[("Authorization", &auth)], "")
+            .await;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     assert_eq!(status, 200, "{text}");
     let token = serde_json::from_str::<Value>(&body).unwrap()["token"].as_str().unwrap().to_string();
@@ -390,5 +394,22 @@ async fn an_agents_secret_read_is_in_its_timeline() {
     }
     let (code, out, err) = agentid(&["audit", "verify", &trail]);
     assert_eq!(code, 0, "{out}\n{err}");
+
+    // The least-privilege report, from this trail and the cluster: the unused grant is reported, and the
+    // used one narrowed to what the agent did (get, on db-creds; never list).
+    let (code, out, err) = agentid(&["report", "--namespace", &ns, "-o", "json", &trail]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let agent = report["agents"].as_array().unwrap().iter().find(|a| a["name"] == "reader").expect("the agent");
+    let finding = |kind: &str, subject: &str| {
+        agent["findings"].as_array().unwrap().iter().any(|f| f["kind"] == kind && f["subject"] == subject)
+    };
+    assert!(finding("unused-grant", "grant/pager"), "{agent:#}");
+    assert!(finding("unused-rbac", "grant/read-db"), "list was never used: {agent:#}");
+    let read_db = agent["grants"].as_array().unwrap().iter().find(|g| g["name"] == "read-db").unwrap();
+    assert_eq!(read_db["used"], json!(["core/secrets:get"]), "{read_db:#}");
+    let rule = &read_db["suggested"]["kubernetesRules"][0];
+    assert_eq!((&rule["verbs"], &rule["resourceNames"]), (&json!(["get"]), &json!(["db-creds"])), "{read_db:#}");
+    assert!(agent["api_calls"].as_u64().unwrap() >= 2, "{agent:#}");
     hook.stop().await;
 }

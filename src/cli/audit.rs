@@ -86,7 +86,7 @@ pub fn run(args: &AuditArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 }
 
 /// FILES with directories expanded to their `*.jsonl`, sorted.
-fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut all = Vec::new();
     for f in files {
         if f.is_dir() {
@@ -105,7 +105,7 @@ fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Reads `path` line by line: `(1-based line, bytes without newline, terminated by a newline)`.
-fn each_line(path: &Path, mut f: impl FnMut(u64, &[u8], bool)) -> Result<(), String> {
+pub(crate) fn each_line(path: &Path, mut f: impl FnMut(u64, &[u8], bool)) -> Result<(), String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut r = BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::with_capacity(1024);
@@ -330,7 +330,8 @@ pub fn timeline_inner(args: &TimelineArgs, out: &mut dyn Write, now: Timestamp) 
     let since = match &args.since {
         None => None,
         Some(s) => {
-            let d = crate::api::duration::parse(s).map_err(|e| format!("--since: {e}"))?;
+            let d =
+                crate::api::duration::parse(&super::report::days_as_hours(s)).map_err(|e| format!("--since: {e}"))?;
             let d = SignedDuration::try_from(d).map_err(|e| format!("--since: {e}"))?;
             let t = now.checked_sub(d).map_err(|e| format!("--since: {e}"))?;
             Some(format!("{t:.6}"))

@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod check;
 pub mod decide;
+pub mod report;
 pub mod run;

@@ -13,5 +13,6 @@ pub mod lease;
 pub mod names;
 pub mod pdp;
 pub mod ratelimit;
+pub mod report;
 pub mod status;
 pub mod task;
