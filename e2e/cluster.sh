@@ -94,6 +94,46 @@ plugins:
 EOF
 }
 
+# The apiserver's audit webhook backend: agents' (service accounts') requests at Metadata level — no
+# bodies, so no Secret values — posted in batches to agentid's /audit/apiserver on a port fixed here
+# (pki/audit-sink-port), with the same client certificate the apiserver shows admission webhooks. The
+# agentid that should receive them (tests/e2e_audit.rs) listens there with a certificate of pki/ca.crt;
+# when nothing listens, the batches are dropped after a short backoff. docs/audit.md says how to wire the
+# same on a self-managed cluster.
+gen_audit_sink() { # port
+  echo "$1" > "$pki/audit-sink-port"
+  cat > "$dir/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+# The control plane's own controllers (node mode) are not agents.
+- level: None
+  userGroups: ["system:serviceaccounts:kube-system"]
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
+- level: None
+EOF
+  cat > "$dir/audit-webhook-kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: agentid-audit
+  cluster:
+    server: https://127.0.0.1:$1/audit/apiserver
+    certificate-authority: $pki/ca.crt
+users:
+- name: kube-apiserver
+  user:
+    client-certificate: $pki/webhook-client.crt
+    client-key: $pki/webhook-client.key
+contexts:
+- name: agentid-audit
+  context: {cluster: agentid-audit, user: kube-apiserver}
+current-context: agentid-audit
+EOF
+}
+
 write_kubeconfig() { # port
   cat > "$dir/kubeconfig" <<EOF
 apiVersion: v1
@@ -142,6 +182,7 @@ up() {
   local started=$SECONDS
   local etcd_port peer_port api_port
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
+  gen_audit_sink "$(free_port)"
   rm -rf "$dir/etcd-data"
   setsid "$bin/etcd" --name agentid-local --data-dir "$dir/etcd-data" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -165,6 +206,8 @@ up() {
     --allow-privileged=true \
     --disable-admission-plugins ServiceAccount \
     --admission-control-config-file "$dir/admission-config.yaml" \
+    --audit-policy-file "$dir/audit-policy.yaml" --audit-webhook-config-file "$dir/audit-webhook-kubeconfig" \
+    --audit-webhook-mode batch --audit-webhook-batch-max-wait 200ms --audit-webhook-initial-backoff 200ms \
     --endpoint-reconciler-type none \
     --enable-priority-and-fairness=false \
     --profiling=false \
