@@ -35,9 +35,27 @@ impl Filter {
     }
 }
 
+/// `s` safe to print on a terminal: control characters (escape sequences, newlines that would forge a
+/// line) and bidirectional overrides are shown as `\u{..}` escapes. Tool names, actions and destinations
+/// come from agents' own requests.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars().map(|c| if bad(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
 /// One line of the text timeline:
 /// `<time>  <kind>  <decision>  <tool> <action> <destination>  task=… grant=… reasons=… actor=… request=…`.
 pub fn text_line(r: &Record) -> String {
+    let line = text_line_raw(r);
+    printable(&line).into_owned()
+}
+
+fn text_line_raw(r: &Record) -> String {
     let mut s = String::with_capacity(160);
     let _ = write!(s, "{}  {:<18}", r.time, r.kind.as_str());
     if let Some(d) = &r.decision {
@@ -261,6 +279,16 @@ mod tests {
         };
         let seqs: Vec<(String, u64)> = Joined::new(records.into_iter(), t1).map(|r| (r.chain, r.seq)).collect();
         assert_eq!(seqs, [("b".to_string(), 1)]);
+    }
+
+    #[test]
+    fn agent_supplied_text_cannot_forge_lines_or_drive_the_terminal() {
+        let mut r = rec("c", 1, "2026-01-01T00:00:02.000000Z", "bot", None);
+        r.tool = Some("crm\n2026-01-01T00:00:03.000000Z  decision  allow\u{1b}[2J\u{202e}".into());
+        let line = text_line(&r);
+        assert!(!line.contains('\n') && !line.contains('\u{1b}') && !line.contains('\u{202e}'), "{line:?}");
+        assert!(line.contains("crm\\u{a}2026") && line.contains("\\u{1b}[2J"), "{line}");
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
     }
 
     #[test]
