@@ -126,17 +126,16 @@ fn authzen(a: &Answer) -> Value {
     json!({"decision": a.allowed(), "context": context})
 }
 
+/// The question of an AuthZEN evaluation request body; `Err` is the bad-request explanation.
+fn decode_evaluation(body: &[u8]) -> Result<Question, String> {
+    let e: Evaluation = serde_json::from_slice(body).map_err(|e| {
+        format!("not an AuthZEN evaluation request: {}", crate::core::admission::workload::redact(&e.to_string()))
+    })?;
+    question(&e).map(|(q, _)| q)
+}
+
 async fn evaluation(State(s): State<Arc<PdpState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let e: Evaluation = match serde_json::from_slice(&body) {
-        Ok(e) => e,
-        Err(e) => {
-            return bad_request(format!(
-                "not an AuthZEN evaluation request: {}",
-                crate::core::admission::workload::redact(&e.to_string())
-            ));
-        }
-    };
-    let (q, _) = match question(&e) {
+    let q = match decode_evaluation(&body) {
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };
@@ -152,30 +151,37 @@ struct Batch {
     evaluations: Vec<Evaluation>,
 }
 
-async fn evaluations(State(s): State<Arc<PdpState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let batch: Batch = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return bad_request(format!(
-                "not an AuthZEN evaluations request: {}",
-                crate::core::admission::workload::redact(&e.to_string())
-            ));
-        }
-    };
+/// The questions of an AuthZEN evaluations (batch) request body, each with the batch's defaults merged
+/// in; `Err` when the body as a whole is refused, an item's `Err` when only that evaluation is.
+fn decode_evaluations(body: &[u8]) -> Result<Vec<Result<Question, String>>, String> {
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
+        format!("not an AuthZEN evaluations request: {}", crate::core::admission::workload::redact(&e.to_string()))
+    })?;
     if batch.evaluations.len() > MAX_EVALUATIONS {
-        return bad_request(format!("more than {MAX_EVALUATIONS} evaluations in one request"));
+        return Err(format!("more than {MAX_EVALUATIONS} evaluations in one request"));
     }
     let items = if batch.evaluations.is_empty() { vec![Evaluation::default()] } else { batch.evaluations };
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
+    let questions = items.into_iter().map(|item| {
         let merged = Evaluation {
             subject: item.subject.or(batch.defaults.subject.clone()),
             action: item.action.or(batch.defaults.action.clone()),
             resource: item.resource.or(batch.defaults.resource.clone()),
             context: item.context.or(batch.defaults.context.clone()),
         };
-        match question(&merged) {
-            Ok((q, _)) => out.push(authzen(&s.check(bearer(&headers), q).await)),
+        question(&merged).map(|(q, _)| q)
+    });
+    Ok(questions.collect())
+}
+
+async fn evaluations(State(s): State<Arc<PdpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let questions = match decode_evaluations(&body) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
+    let mut out = Vec::with_capacity(questions.len());
+    for q in questions {
+        match q {
+            Ok(q) => out.push(authzen(&s.check(bearer(&headers), q).await)),
             Err(e) => {
                 out.push(json!({"decision": false, "context": {"reasons": ["bad-request"], "reason_admin": {"en": e}}}))
             }
@@ -269,6 +275,31 @@ async fn forward_auth(State(s): State<Arc<PdpState>>, method: Method, uri: Uri, 
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     res
+}
+
+/// The request decoders, for the fuzz targets in `fuzz/` (no stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// `POST /access/v1/evaluation`: the body's question.
+    pub fn evaluation(body: &[u8]) -> Result<Question, String> {
+        decode_evaluation(body)
+    }
+
+    /// `POST /access/v1/evaluations`: the body's questions.
+    pub fn evaluations(body: &[u8]) -> Result<Vec<Result<Question, String>>, String> {
+        decode_evaluations(body)
+    }
+
+    /// `/forward-auth`: the question of a proxy's sub-request, and the bearer token it presents.
+    pub fn forward_auth<'a>(
+        method: &Method,
+        uri: &Uri,
+        headers: &'a HeaderMap,
+    ) -> (Result<Question, String>, Option<&'a str>) {
+        (forwarded_question(method, uri, headers), bearer(headers))
+    }
 }
 
 #[cfg(test)]
