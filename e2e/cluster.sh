@@ -11,6 +11,10 @@
 # State lives in $AGENTID_CLUSTER_DIR (default <repo>/.cluster): kubeconfig,
 # pki/, logs/ (etcd.log, kube-apiserver.log), pids/. The apiserver presents the client certificate
 # pki/webhook-client.crt (CA pki/webhook-client-ca.crt) to every admission webhook it calls.
+#
+# AGENTID_NODE=1 adds a real node (e2e/node.sh: containerd, kubelet, kube-proxy, controller manager,
+# scheduler); the apiserver then listens on the node's bridge address, not on 127.0.0.1. `down` takes
+# a node down too (whatever AGENTID_NODE says) and fails when the host is not restored.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -141,7 +145,7 @@ kind: Config
 clusters:
 - name: agentid-local
   cluster:
-    server: https://127.0.0.1:$1
+    server: https://${2:-127.0.0.1}:$1
     certificate-authority: $pki/ca.crt
 users:
 - name: admin
@@ -179,6 +183,15 @@ up() {
   mkdir -p "$logs" "$pids"
   gen_pki
   gen_webhook_client
+  # AGENTID_NODE=1: the flags a node needs (from e2e/node.sh, which also snapshots the host and
+  # creates the bridge the apiserver listens on) replace the apiserver-only ones.
+  local api_host=127.0.0.1 mode_args=(--disable-admission-plugins ServiceAccount --endpoint-reconciler-type none)
+  if [ "${AGENTID_NODE:-}" = 1 ]; then
+    local node_args
+    node_args=$("$here/node.sh" apiserver-args)
+    mapfile -t mode_args <<<"$node_args"
+    api_host=$("$here/node.sh" api-host)
+  fi
   local started=$SECONDS
   local etcd_port peer_port api_port
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
@@ -204,19 +217,19 @@ up() {
     --api-audiences https://kubernetes.default.svc \
     --service-cluster-ip-range 10.0.0.0/24 \
     --allow-privileged=true \
-    --disable-admission-plugins ServiceAccount \
     --admission-control-config-file "$dir/admission-config.yaml" \
     --audit-policy-file "$dir/audit-policy.yaml" --audit-webhook-config-file "$dir/audit-webhook-kubeconfig" \
     --audit-webhook-mode batch --audit-webhook-batch-max-wait 200ms --audit-webhook-initial-backoff 200ms \
-    --endpoint-reconciler-type none \
     --enable-priority-and-fairness=false \
     --profiling=false \
+    "${mode_args[@]}" \
     >"$logs/kube-apiserver.log" 2>&1 </dev/null &
   echo $! > "$pids/kube-apiserver"
-  write_kubeconfig "$api_port"
+  write_kubeconfig "$api_port" "$api_host"
   wait_for kube-apiserver 60 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-    "https://127.0.0.1:$api_port/readyz"
-  log "ready in $((SECONDS - started))s: KUBECONFIG=$dir/kubeconfig (https://127.0.0.1:$api_port)"
+    "https://$api_host:$api_port/readyz"
+  log "ready in $((SECONDS - started))s: KUBECONFIG=$dir/kubeconfig (https://$api_host:$api_port)"
+  if [ "${AGENTID_NODE:-}" = 1 ]; then "$here/node.sh" up; fi
 }
 
 stop_one() { # name
@@ -233,12 +246,16 @@ stop_one() { # name
 }
 
 down() {
+  # The node first, while the apiserver still runs: its kubelet tears the pods down.
+  local node_rc=0
+  "$here/node.sh" down || node_rc=$?
   stop_one nginx
   stop_one upstream
   stop_one agentid
   stop_one kube-apiserver
   stop_one etcd
   rm -rf "$dir/etcd-data"
+  return $node_rc
 }
 
 status() {

@@ -31,6 +31,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 echo "== starting the local control plane"
+if [ "${AGENTID_NODE:-}" = 1 ]; then
+  # A real node too (e2e/node.sh); its tests (tests/e2e_node*.rs) are #[ignore]d without one.
+  e2e/tools/node-packages.sh
+fi
 e2e/cluster.sh up
 export KUBECONFIG="$AGENTID_CLUSTER_DIR/kubeconfig"
 echo "== nginx for tests/e2e_nginx.rs: $(e2e/tools/nginx.sh)"
@@ -38,3 +42,11 @@ AGENTID_CHROMIUM=$(e2e/tools/chromium.sh); export AGENTID_CHROMIUM
 echo "== chromium for tests/e2e_report_html.rs: $AGENTID_CHROMIUM"
 echo "== integration tests against the real kube-apiserver"
 cargo test --locked --no-fail-fast --features e2e --test 'e2e_*' -- --test-threads=4 2>&1 | tee "$results"
+if [ "${AGENTID_NODE:-}" = 1 ]; then
+  echo "== the agentid image from the release binary, loaded into the node (make image)"
+  cargo build --release --locked
+  e2e/tools/image.sh agentid
+  e2e/node.sh load agentid
+  echo "== tests that need the node (tests/e2e_node*.rs, run with --ignored)"
+  cargo test --locked --no-fail-fast --features e2e --test 'e2e_node*' -- --ignored 2>&1 | tee -a "$results"
+fi
