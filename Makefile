@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := .cache/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all build tools crds cluster-up cluster-down demo demo-down test unit e2e bench lint bench-cluster bench-pdp bench-pdp-grpc bench-check
+.PHONY: all build tools crds cluster-up cluster-down node-up node-down image demo demo-down test unit e2e bench lint bench-cluster bench-pdp bench-pdp-grpc bench-check bench-peers fuzz
 
 all: build
 
@@ -25,6 +25,22 @@ cluster-up: tools
 
 cluster-down:
 	e2e/cluster.sh down
+
+## The local control plane with a real node (containerd, kubelet, kube-proxy, controller manager,
+## scheduler; e2e/node.sh). Installs the Debian packages it needs. node-down restores the host.
+node-up: tools
+	e2e/tools/node-packages.sh
+	AGENTID_NODE=1 e2e/cluster.sh up
+
+node-down:
+	e2e/cluster.sh down
+
+## The agentid OCI image from the release binary (.cache/images/agentid.tar, docker-archive), no
+## registry or engine needed; loaded into the node's containerd when a node runs (make node-up)
+image: build
+	e2e/tools/node-packages.sh
+	e2e/tools/image.sh agentid
+	if e2e/node.sh status >/dev/null 2>&1; then e2e/node.sh load agentid; fi
 
 ## The main job: local control plane + CRDs + operator + sample agents, then a report
 demo: tools build
@@ -54,9 +70,20 @@ bench-pdp-grpc:
 bench-check:
 	bench/check/run.sh
 
+## agentid side by side with its peers: admission latency vs a ValidatingAdmissionPolicy (own control plane in
+## .cache/peers-cluster) and `agentid check` vs conftest on 10,000 manifests (bench/peers/run.sh)
+bench-peers:
+	bench/peers/run.sh
+
 ## Benchmarks against a real local control plane (its own, in .cache/bench-cluster): converge, RSS, token, revocation and admission latency
 bench-cluster:
 	e2e/bench-cluster.sh
+
+## Every cargo-fuzz target (fuzz/, its own crate) for FUZZ_SECONDS each (default 600), one after the other,
+## niced; seeds the corpora from the fixtures first. Needs the nightly toolchain. See fuzz/README.md.
+FUZZ_SECONDS ?= 600
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 lint:
 	$(CARGO) fmt --check

@@ -1,6 +1,6 @@
 //! Cost of the audit trail: append (amortised, through the buffered writer and the pure chain alone),
 //! `audit verify` throughput, and `audit timeline` over 1,000,000 records (two writers, half the
-//! records of the agent asked about), printed as a table at the end.
+//! records of the agent asked about) and `agentid report` over the same records, printed as a table at the end.
 //! `cargo bench --bench audit -- --warm-up-time 1 --measurement-time 3`.
 
 use std::hint::black_box;
@@ -174,6 +174,14 @@ fn table() {
         timeline_inner(&args(output), &mut sink, now).unwrap();
         timings.push((output, t.elapsed(), sink.lines));
     }
+    // The least-privilege report over the same million records (fold + build + render as text).
+    let t = Instant::now();
+    let (usage, _) = agentid::cli::report::fold(&[dir.path().to_path_buf()], None).unwrap();
+    let inventory = report_inventory();
+    let r = agentid::core::report::build(&inventory, &usage, None, "2026-01-02T00:00:00Z");
+    let text = agentid::core::report::render::text(&r);
+    let report_took = t.elapsed();
+    assert!(text.contains("triage-bot") && usage.records == 1_000_000, "{text}");
     println!();
     println!("| 1,000,000 records ({:.0} MB, 2 writers) | time | rate |", size as f64 / 1e6);
     println!("|---|---|---|");
@@ -187,12 +195,39 @@ fn table() {
         verify.as_secs_f64(),
         1e6 / verify.as_secs_f64()
     );
+    println!(
+        "| agentid report (fold 1,000,000 records, build, text) | {:.2} s | {:.0} records/s |",
+        report_took.as_secs_f64(),
+        1e6 / report_took.as_secs_f64()
+    );
     for (output, took, n) in timings {
         println!(
             "| audit timeline -o {output:?} ({n} lines) | {:.2} s | {:.0} records/s |",
             took.as_secs_f64(),
             1e6 / took.as_secs_f64()
         );
+    }
+}
+
+/// The two agents of the bench's records and the grant their decisions name.
+fn report_inventory() -> agentid::core::report::Inventory {
+    fn yaml<T: serde::de::DeserializeOwned>(y: &str) -> T {
+        serde_norway::from_str(y).unwrap()
+    }
+    agentid::core::report::Inventory {
+        agents: ["triage-bot", "billing-bot"]
+            .iter()
+            .map(|n| {
+                yaml(&format!(
+                    "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: {n}, namespace: agents}}\nspec: {{owner: team, audiences: [a]}}"
+                ))
+            })
+            .collect(),
+        grants: vec![yaml(
+            "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: triage-bot-tools, namespace: agents}\nspec: {agentRef: {name: triage-bot}, tools: [{name: github.create_issue, actions: [create, close], destinations: ['https://api.github.com/repos/acme/'], maxDataSensitivity: internal}]}",
+        )],
+        tasks: vec![],
+        namespaces: vec![("agents".into(), Some("enforce".into()))],
     }
 }
 

@@ -6,13 +6,16 @@
 //! (127.0.0.1), printing one markdown table per section:
 //!
 //! 1. Converge: 1,000 AgentIdentities + 1,000 ToolGrants until all are Ready/Active.
-//! 2. RSS of the operator at idle, at 1k agents + 1k grants, and at 10k agents.
+//! 2. RSS of the operator at idle, at 1k agents + 1k grants, at 10k agents, at 10k agents + 10k grants and at
+//!    10k agents + 10k grants + 10k tasks; RSS per 1,000 objects of each kind (the chart's sizing), reconciles
+//!    per object to converge, and the writes and reconciles of a quiet steady state (goal: 0).
 //! 3. Task token latency: AgentTask created → the broker hands out a token (HTTPS).
 //! 4. Revocation latency: task completed → TokenReview fails, → anchor Secret gone, and → the decision
 //!    point's first deny for the task token; agent suspended → the decision point's first deny.
 //! 5. Pod admission overhead: Pod creates in a judged vs an unjudged namespace.
 //!
-//! `AGENTID_BENCH_SECTIONS=3-5 make bench-cluster` runs sections 3 to 5 only.
+//! `AGENTID_BENCH_SECTIONS=3-5 make bench-cluster` runs sections 3 to 5 only, `AGENTID_BENCH_SECTIONS=1-2`
+//! sections 1 and 2 only.
 //! Needs the CRDs installed; `make bench-cluster` (e2e/bench-cluster.sh) starts a
 //! private control plane and runs `cargo bench --features e2e --bench cluster`.
 //! Every loop is bounded in count and time: a section gives up after
@@ -141,7 +144,14 @@ async fn run() -> Res<()> {
         let rss_10k = op.memory();
         let metrics_10k = op.metrics().await;
         print_rss(rss_idle, rss_1k, rss_10k, &more, &metrics_10k);
+        let scale = scale(&client, &op, &ns_a, (rss_1k, rss_10k), &metrics_1k, &metrics_10k).await;
+        print_scale(&scale);
         drop(op);
+    }
+    if std::env::var("AGENTID_BENCH_SECTIONS").is_ok_and(|s| s == "1-2") {
+        println!("sections 3 to 5 skipped (AGENTID_BENCH_SECTIONS=1-2)\n");
+        println!("load average at the end: {}; bench runtime {:.1} s", loadavg(), started.elapsed().as_secs_f64());
+        return Ok(());
     }
 
     // Operator B watches a fresh namespace (sections 3 to 5). Its own namespace is separate: a
@@ -748,6 +758,321 @@ fn print_rss(idle: (u64, u64), at_1k: (u64, u64), at_10k: (u64, u64), more: &Mor
     reconcile_rows(metrics, &mut out);
     if let Some(e) = &more.first_error {
         let _ = writeln!(out, "\nfirst create error: {e}");
+    }
+    println!("{out}");
+}
+
+// ------------------------------------------------ 2b. scale: 10k of each kind
+
+/// Tasks of the scale run: long enough a ttl that none expires during the bench.
+fn scale_task_obj(name: &str, agent: &str) -> AgentTask {
+    serde_json::from_value(json!({
+        "apiVersion": "agentid.dev/v1alpha1", "kind": "AgentTask",
+        "metadata": {"name": name},
+        "spec": {"agentRef": {"name": agent}, "purpose": "benchmark task", "audiences": [TOOL_AUDIENCE], "ttl": "12h"}
+    }))
+    .expect("AgentTask")
+}
+
+/// One step of the scale run: objects of one kind added until `total` of them converged.
+struct Step {
+    kind: &'static str,
+    added: usize,
+    create: Duration,
+    create_errors: usize,
+    first_error: Option<String>,
+    converged: Option<Duration>,
+    done: usize,
+    /// (VmRSS, VmHWM) in KiB after settling.
+    rss: (u64, u64),
+    /// Reconciles of each kind during the step.
+    reconciles: [f64; 3],
+}
+
+struct Scale {
+    /// (VmRSS at 1k agents + 1k grants, at 10k agents + 1k grants), KiB.
+    before: ((u64, u64), (u64, u64)),
+    agents_added: usize,
+    /// Reconciles of each kind while the 9k agents converged.
+    agent_reconciles: [f64; 3],
+    /// Reconciles of each kind while 1k agents + 1k grants converged (section 1).
+    first_reconciles: [f64; 3],
+    steps: Vec<Step>,
+    /// Objects whose resourceVersion changed during a quiet window, and reconciles in it.
+    steady: Option<(Duration, usize, [f64; 3])>,
+    steady_error: Option<String>,
+}
+
+const KINDS: [&str; 3] = ["AgentIdentity", "ToolGrant", "AgentTask"];
+
+fn reconciles(metrics: &str) -> [f64; 3] {
+    KINDS.map(|k| metric_value(metrics, &format!("agentid_reconciles_total{{kind=\"{k}\"}}")).unwrap_or(0.0))
+}
+
+fn minus(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+/// Adds objects `from..to` of one kind (made by `obj(i)`), then waits until `to` of them show `want` in `column`.
+#[allow(clippy::too_many_arguments)]
+async fn add_and_converge<K>(
+    client: &Client,
+    op: &Operator,
+    kind: &'static str,
+    api: Api<K>,
+    path: String,
+    (column, want): (&str, &str),
+    (from, to): (usize, usize),
+    obj: impl Fn(usize) -> K,
+) -> Step
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let before = reconciles(&op.metrics().await);
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + SECTION_TIMEOUT;
+    let creates = stream::iter(from..to)
+        .map(|i| {
+            let (api, o) = (api.clone(), obj(i));
+            async move { create(&api, &o).await.err() }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(|e| async move { e })
+        .collect::<Vec<String>>();
+    let errors = tokio::time::timeout_at(deadline, creates).await.unwrap_or_else(|_| vec!["creates timed out".into()]);
+    let mut step = Step {
+        kind,
+        added: to - from,
+        create: start.elapsed(),
+        create_errors: errors.len(),
+        first_error: errors.into_iter().next(),
+        converged: None,
+        done: 0,
+        rss: (0, 0),
+        reconciles: [0.0; 3],
+    };
+    while tokio::time::Instant::now() < deadline {
+        match count_column(client, &path, column, want).await {
+            Ok((n, _)) => {
+                step.done = n;
+                if n >= to {
+                    step.converged = Some(start.elapsed());
+                    break;
+                }
+            }
+            Err(e) => eprintln!("[bench] poll failed: {e}"),
+        }
+        tokio::time::sleep(LIST_POLL).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    step.rss = op.memory();
+    step.reconciles = minus(reconciles(&op.metrics().await), before);
+    step
+}
+
+/// (namespace-scoped kinds) resourceVersion of every object agentid reads or writes in `ns`.
+async fn versions(client: &Client, ns: &str) -> Res<BTreeMap<String, String>> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    async fn of<K>(client: &Client, ns: &str, out: &mut BTreeMap<String, String>) -> Res<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let kind = K::kind(&());
+        let mut lp = kube::api::ListParams::default().limit(2000);
+        loop {
+            let page = api.list_metadata(&lp).await.map_err(|e| format!("list {kind}: {e}"))?;
+            for o in &page.items {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                out.insert(format!("{kind}/{name}"), o.metadata.resource_version.clone().unwrap_or_default());
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => lp = lp.continue_token(&c),
+                None => return Ok(()),
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    of::<AgentIdentity>(client, ns, &mut out).await?;
+    of::<ToolGrant>(client, ns, &mut out).await?;
+    of::<AgentTask>(client, ns, &mut out).await?;
+    of::<ServiceAccount>(client, ns, &mut out).await?;
+    of::<Role>(client, ns, &mut out).await?;
+    of::<RoleBinding>(client, ns, &mut out).await?;
+    of::<Secret>(client, ns, &mut out).await?;
+    Ok(out)
+}
+
+/// Quiet window of the steady state.
+const STEADY: Duration = Duration::from_secs(30);
+
+async fn scale(
+    client: &Client,
+    op: &Operator,
+    ns: &str,
+    before: ((u64, u64), (u64, u64)),
+    metrics_1k: &str,
+    metrics_10k: &str,
+) -> Scale {
+    let base = format!("/apis/agentid.dev/v1alpha1/namespaces/{ns}");
+    let valid_until =
+        Timestamp::from_second(Timestamp::now().as_second() + 24 * 3600).expect("a day from now").to_string();
+    let mut s = Scale {
+        before,
+        agents_added: TOTAL_AGENTS - CONVERGE_N,
+        agent_reconciles: minus(reconciles(metrics_10k), reconciles(metrics_1k)),
+        first_reconciles: reconciles(metrics_1k),
+        steps: Vec::new(),
+        steady: None,
+        steady_error: None,
+    };
+    let grants = add_and_converge(
+        client,
+        op,
+        "ToolGrant",
+        Api::<ToolGrant>::namespaced(client.clone(), ns),
+        format!("{base}/toolgrants"),
+        ("Phase", "Active"),
+        (CONVERGE_N, TOTAL_AGENTS),
+        |i| grant_obj(&format!("g{i:05}"), &format!("a{i:05}"), &valid_until),
+    )
+    .await;
+    s.steps.push(grants);
+    let tasks = add_and_converge(
+        client,
+        op,
+        "AgentTask",
+        Api::<AgentTask>::namespaced(client.clone(), ns),
+        format!("{base}/agenttasks"),
+        ("Phase", "Active"),
+        (0, TOTAL_AGENTS),
+        |i| scale_task_obj(&format!("t{i:05}"), &format!("a{i:05}")),
+    )
+    .await;
+    s.steps.push(tasks);
+    // Steady state: nothing changes for a while; count what the operator writes and reconciles meanwhile.
+    let r0 = reconciles(&op.metrics().await);
+    match versions(client, ns).await {
+        Ok(v0) => {
+            tokio::time::sleep(STEADY).await;
+            let r1 = reconciles(&op.metrics().await);
+            match versions(client, ns).await {
+                Ok(v1) => {
+                    let changed = v1.iter().filter(|(k, v)| v0.get(*k) != Some(*v)).count()
+                        + v0.keys().filter(|k| !v1.contains_key(*k)).count();
+                    s.steady = Some((STEADY, changed, minus(r1, r0)));
+                }
+                Err(e) => s.steady_error = Some(e),
+            }
+        }
+        Err(e) => s.steady_error = Some(e),
+    }
+    s
+}
+
+fn print_scale(s: &Scale) {
+    let mut out = format!("## 2b. Scale: {n} AgentIdentities + {n} ToolGrants + {n} AgentTasks\n\n", n = TOTAL_AGENTS);
+    let _ = writeln!(out, "| state | VmRSS | VmHWM (peak so far) |\n|---|---|---|");
+    let ((rss_1k, _), (rss_10k, _)) = s.before;
+    let mut labels = vec![];
+    let mut prev = rss_10k;
+    for step in &s.steps {
+        let label = match step.kind {
+            "ToolGrant" => "10k agents + 10k grants converged",
+            _ => "10k agents + 10k grants + 10k tasks converged",
+        };
+        let label = if step.converged.is_some() {
+            label.to_string()
+        } else {
+            format!("{label}: TIMED OUT, {} of {} done", step.done, TOTAL_AGENTS)
+        };
+        let _ = writeln!(out, "| {label} | {} MiB | {} MiB |", mib(step.rss.0), mib(step.rss.1));
+        labels.push((step.kind, step.added, step.rss.0 as f64 - prev as f64));
+        prev = step.rss.0;
+    }
+    let _ =
+        writeln!(out, "\n| kind | objects added | RSS per 1,000 objects (with their ServiceAccounts, RBAC, anchors) |");
+    let _ = writeln!(out, "|---|---|---|");
+    let per_k = |delta_kib: f64, n: usize| delta_kib / 1024.0 * 1000.0 / n as f64;
+    let _ = writeln!(
+        out,
+        "| AgentIdentity | {} | {:.2} MiB |",
+        s.agents_added,
+        per_k(rss_10k as f64 - rss_1k as f64, s.agents_added)
+    );
+    for (kind, n, delta) in &labels {
+        let _ = writeln!(out, "| {kind} | {n} | {:.2} MiB |", per_k(*delta, *n));
+    }
+    let _ = writeln!(
+        out,
+        "\n| step | objects | create time | converge time | reconciles per object (agents / grants / tasks) | create errors |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let n1 = CONVERGE_N as f64;
+    let r = s.first_reconciles;
+    let _ = writeln!(
+        out,
+        "| section 1: 1k agents + 1k grants | {} | — | — | {:.2} / {:.2} / — | — |",
+        2 * CONVERGE_N,
+        r[0] / n1,
+        r[1] / n1
+    );
+    let r = s.agent_reconciles;
+    let _ = writeln!(
+        out,
+        "| 9k more agents | {} | — | — | {:.2} / {:.2} / {:.2} | — |",
+        s.agents_added,
+        r[0] / s.agents_added as f64,
+        r[1],
+        r[2]
+    );
+    for step in &s.steps {
+        let conv = step.converged.map(|t| format!("{:.2} s", t.as_secs_f64())).unwrap_or_else(|| "TIMED OUT".into());
+        let n = step.added as f64;
+        let r = step.reconciles;
+        let per = match step.kind {
+            "ToolGrant" => format!("{} / {:.2} / {}", r[0], r[1] / n, r[2]),
+            _ => format!("{} / {} / {:.2}", r[0], r[1], r[2] / n),
+        };
+        let _ = writeln!(
+            out,
+            "| {} {}s | {} | {:.2} s ({:.0}/s) | {conv} | {per} | {} |",
+            step.added,
+            step.kind,
+            step.added,
+            step.create.as_secs_f64(),
+            n / step.create.as_secs_f64(),
+            step.create_errors
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n(counts of other kinds are totals, not per object; for the 9k agents, grants and tasks are totals)"
+    );
+    match (&s.steady, &s.steady_error) {
+        (Some((window, changed, r)), _) => {
+            let _ = writeln!(
+                out,
+                "\nsteady state, {} s without changes: {changed} objects written (resourceVersion changed, of agents, grants, \
+                 tasks, ServiceAccounts, Roles, RoleBindings, Secrets in the namespace); reconciles {} / {} / {}",
+                window.as_secs(),
+                r[0],
+                r[1],
+                r[2]
+            );
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(out, "\nsteady state: FAILED: {e}");
+        }
+        _ => {}
+    }
+    for step in &s.steps {
+        if let Some(e) = &step.first_error {
+            let _ = writeln!(out, "\nfirst {} create error: {e}", step.kind);
+        }
     }
     println!("{out}");
 }

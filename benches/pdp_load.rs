@@ -452,6 +452,66 @@ fn in_process(state: &Arc<PdpState>, tokens: &[String], plan: &Plan, keys: &KeyS
     row("`PdpState::check`, allow, JSON decision log on (to a sink)", logged);
 }
 
+/// Decisions with the tamper-evident trail on (every decision recorded, hash-chained, to a file in a
+/// temporary directory) against the same decisions without it, on a second, identical state (the trail
+/// cannot be switched off again once on). Closed loop, one task; throughput = calls / wall time.
+fn trail_overhead(plain: &Arc<PdpState>, traced: &Arc<PdpState>, tokens: &[String], plan: &Plan) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trail = rt.block_on(async {
+        let keys = agentid::audit::AuditKeys::generate().unwrap().0;
+        let config = agentid::audit::AuditConfig::new(dir.path(), "bench");
+        let metrics = Arc::new(agentid::audit::AuditMetrics::default());
+        agentid::audit::AuditTrail::open(config, keys, None, metrics).unwrap().0
+    });
+    let _ = traced.audit.set(trail.clone());
+    let calls = plan.in_process_calls;
+    let run = |state: &Arc<PdpState>| -> Stats {
+        let questions: Vec<(String, Question)> = (0..calls)
+            .map(|k| {
+                let c = Call::allowed(tokens, k % tokens.len());
+                (c.token.clone(), c.question())
+            })
+            .collect();
+        rt.block_on(async {
+            let mut lat = Vec::with_capacity(calls);
+            let start = Instant::now();
+            for (token, q) in questions {
+                let t = Instant::now();
+                let a = state.check(Some(&token), q).await;
+                lat.push(t.elapsed());
+                assert!(a.allowed(), "{a:?}");
+            }
+            stats(lat, start.elapsed())
+        })
+    };
+    run(plain);
+    run(traced);
+    // Interleaved, three rounds each, best of three (the machine is shared).
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        off.push(run(plain));
+        on.push(run(traced));
+    }
+    let best = |v: &[Stats]| *v.iter().max_by(|a, b| a.per_sec.total_cmp(&b.per_sec)).unwrap();
+    let (off, on) = (best(&off), best(&on));
+    rt.block_on(async { trail.checkpoint().await.unwrap() });
+    let written = trail.metrics().written.get();
+    println!(
+        "\n| decisions in process, allow (best of 3 interleaved rounds) | calls | decisions/s | p50 µs | p99 µs |"
+    );
+    println!("|---|---|---|---|---|");
+    println!("| audit trail off | {} | {:.0} | {} | {} |", off.n, off.per_sec, us(off.p50), us(off.p99));
+    println!(
+        "| audit trail on ({written} records written) | {} | {:.0} | {} | {} |",
+        on.n,
+        on.per_sec,
+        us(on.p50),
+        us(on.p99)
+    );
+    println!("| with the trail / without | | {:.1}% (goal ≥ 90%) | | |", 100.0 * on.per_sec / off.per_sec);
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: run briefly then.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -477,6 +537,7 @@ fn main() {
 
     // (a) in process.
     in_process(&state, &tokens, &plan, &keys);
+    trail_overhead(&state, &pdp_state(&w, &signer), &tokens, &plan);
 
     // The server: agentid's listener on its own 2-thread runtime.
     let Served { addr, ca, cert, key } = serve(router(state.clone()), now);

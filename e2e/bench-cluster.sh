@@ -21,7 +21,8 @@ done
 
 echo "== source: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
 echo "== building the release binary"
-cargo build --release --locked
+# With the bench's own features, so that `cargo bench` below reuses this build instead of making another.
+cargo build --release --locked --features e2e
 
 export AGENTID_CLUSTER_DIR="${AGENTID_BENCH_CLUSTER_DIR:-$root/.cache/bench-cluster}"
 cleanup() {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod pdp;
 pub mod probes;
+pub mod scan;
 pub mod server;
 pub mod telemetry;
 pub mod webhook;

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub decision_duration: Histogram,
     /// The audit trail's metrics (`agentid_audit_*`).
     pub audit: crate::audit::AuditMetrics,
+    /// The background scan's metrics (`agentid_scan_*`).
+    pub scan: crate::scan::ScanMetrics,
 }
 
 impl Default for Metrics {
@@ -163,8 +165,10 @@ impl Default for Metrics {
             decision_duration.clone(),
         );
         let audit = crate::audit::AuditMetrics::register(&mut registry);
+        let scan = crate::scan::ScanMetrics::register(&mut registry);
         Self {
             audit,
+            scan,
             registry,
             decisions,
             decision_duration,

@@ -59,3 +59,34 @@ fn schemas_use_only_formats_the_apiserver_knows() {
         }
     }
 }
+
+/// The report CRDs the background scan writes are third-party APIs, written by hand (not generated from
+/// agentid's types): the copy the chart installs is the one `crds/policyreports/` ships, and each is a
+/// namespaced CRD of the API agentid writes, every field documented.
+#[test]
+fn report_crds_are_the_ones_the_scan_writes() {
+    use agentid::core::policyreport::ReportApi;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, api) in [
+        ("wgpolicyk8s.io_policyreports.yaml", ReportApi::Wgpolicyk8s),
+        ("openreports.io_reports.yaml", ReportApi::OpenReports),
+    ] {
+        let shipped = std::fs::read_to_string(root.join("crds/policyreports").join(file)).unwrap();
+        let chart = std::fs::read_to_string(root.join("charts/agentid/files/policyreport-crds").join(file)).unwrap();
+        assert_eq!(shipped, chart, "{file}: the chart's copy differs from crds/policyreports/");
+        let crd: CustomResourceDefinition = serde_norway::from_str(&shipped).unwrap();
+        assert_eq!(crd.spec.group, api.group());
+        assert_eq!(crd.spec.names.kind, api.kind());
+        assert_eq!(crd.spec.names.plural, api.plural());
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.versions[0].name, api.version());
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+        let mut missing = Vec::new();
+        undocumented(&schema, "", &mut missing);
+        assert!(missing.is_empty(), "{file}: fields without description: {missing:?}");
+        for field in ["scope", "summary", "results"] {
+            assert!(schema["properties"].get(field).is_some(), "{file}: no {field}");
+        }
+    }
+}

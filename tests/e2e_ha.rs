@@ -86,7 +86,11 @@ async fn only_the_leader_reconciles_and_a_follower_takes_over() {
     create_agent(&agents, "one").await;
     ready(&agents, "one").await;
     let (leader_idx, follower_idx) = if replicas[0].name == first { (0, 1) } else { (1, 0) };
-    assert!(reconciles(&replicas[leader_idx]).await > 0, "the leader reconciled");
+    // The Ready status is written inside the reconcile, which is counted once it returns: wait for the count.
+    wait_until(Duration::from_secs(10), "the leader counts its reconcile", || async {
+        (reconciles(&replicas[leader_idx]).await > 0).then_some(())
+    })
+    .await;
     assert_eq!(reconciles(&replicas[follower_idx]).await, 0, "the follower must not reconcile");
 
     // Kill the leader outright (no graceful hand-over): the follower takes over once the Lease runs out.
@@ -103,6 +107,9 @@ async fn only_the_leader_reconciles_and_a_follower_takes_over() {
     assert_eq!(second, survivor.name);
     create_agent(&agents, "two").await;
     ready(&agents, "two").await;
-    assert!(reconciles(survivor).await > 0, "the new leader reconciles");
+    wait_until(Duration::from_secs(10), "the new leader counts its reconciles", || async {
+        (reconciles(survivor).await > 0).then_some(())
+    })
+    .await;
     eprintln!("failover took {failover:?} (Lease 10 s, retry 2 s)");
 }

@@ -1,5 +1,6 @@
-//! Receives the kube-apiserver's audit events (its webhook backend, `--audit-webhook-config-file`) and
-//! records agents' own API calls in the trail ([`crate::core::audit::apicall`] decides what is kept).
+//! Receives the kube-apiserver's audit events (its webhook backend, `--audit-webhook-config-file`; or a
+//! log shipper posting the lines of an audit log file) and records agents' own API calls in the trail
+//! ([`crate::core::audit::apicall`] decides what is kept).
 //!
 //! Served on the admission listener, which only the apiserver can reach with its client certificate
 //! (`--webhook-client-ca-file`): without that, anyone who reaches the port could write records, so
@@ -20,7 +21,7 @@ use tracing::warn;
 
 use super::AuditTrail;
 use crate::core::admission::rules::AgentDirectory;
-use crate::core::audit::apicall::{EventList, to_event};
+use crate::core::audit::apicall::{parse_batch, to_event};
 
 /// Where the apiserver posts its audit event batches.
 pub const PATH: &str = "/audit/apiserver";
@@ -39,15 +40,14 @@ pub fn router(state: Arc<IngestState>) -> Router {
 }
 
 async fn ingest(State(s): State<Arc<IngestState>>, body: Bytes) -> Response {
-    let list: EventList = match serde_json::from_slice(&body) {
-        Ok(l) => l,
+    let items = match parse_batch(&body) {
+        Ok(items) => items,
         Err(e) => {
             s.trail.metrics().apiserver_event("malformed");
-            return (StatusCode::BAD_REQUEST, format!("not an audit.k8s.io/v1 EventList: {e}\n")).into_response();
+            return (StatusCode::BAD_REQUEST, format!("not audit.k8s.io/v1 events: {e}\n")).into_response();
         }
     };
-    let events: Vec<_> = list
-        .items
+    let events: Vec<_> = items
         .iter()
         .filter_map(|e| {
             let ev = to_event(e, &s.trust_domain, |ns, sa| s.agents.agent_of_service_account(ns, sa));

@@ -135,6 +135,8 @@ pub struct RunArgs {
     pub pdp_mesh_trust_domain: Vec<String>,
     #[command(flatten)]
     pub audit: crate::audit::AuditFlags,
+    #[command(flatten)]
+    pub scan: crate::scan::ScanFlags,
 }
 
 pub fn parse_sensitivity(s: &str) -> std::result::Result<crate::api::DataSensitivity, String> {
@@ -280,6 +282,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ctx = Context::new(client.clone(), config, metrics);
     ctx.audit = trail.clone();
     let ctx = Arc::new(ctx);
+    let metrics_for_scan = ctx.metrics.clone();
     // Followers are ready too: they serve the webhook and the token endpoint.
     readiness.controllers.store(true, Ordering::Release);
     let leader = (!args.no_leader_elect).then(|| LeaderConfig::new(&args.operator_namespace, &ctx.config.instance));
@@ -307,6 +310,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             tokio::join!(controller::identity::run(ctx.clone()), controller::task::run(ctx));
         }
     };
+    // The background scan: PolicyReports for the workloads that already run (leader only, like the controllers).
+    let scan = crate::scan::run(client.clone(), crate::scan::ScanConfig::from_args(&args)?, metrics_for_scan);
+    let controllers = async { tokio::join!(controllers, scan) };
     let leadership_lost = async {
         match lost.as_mut() {
             Some(rx) => {

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::PartialObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -24,13 +25,16 @@ const KIND: &str = "AgentIdentity";
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
-    let sas: Api<ServiceAccount> = ctx.config.api(client);
+    // ServiceAccounts: metadata only, and only someone else's change or deletion wakes their agent.
+    let sas: Api<PartialObjectMeta<ServiceAccount>> = ctx.config.api(client);
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let stream = Controller::new(agents, watcher::Config::default()).owns(sas, owned).shutdown_on_signal().run(
-        reconcile,
-        error_policy,
-        ctx,
-    );
+    let sa_changes = super::Changes::of_children().filter(watcher::watcher(sas, owned).default_backoff());
+    let (store, agents) = super::main_stream(agents, |_| {});
+    let stream = Controller::for_stream(agents, store)
+        .owns_stream(sa_changes)
+        .with_config(super::controller_config())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx);
     super::drain(stream).await;
 }
 

@@ -8,9 +8,11 @@ pub mod toolgrant;
 
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use kube::Client;
 use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::warn;
 
 use crate::core::identity::PlannedEvent;
@@ -94,21 +96,50 @@ impl Context {
     }
 
     /// Publishes planned Events. Failing to record an Event never fails a reconcile.
+    ///
+    /// Each Event is created as it is, the way kube's [`Recorder`] creates a new one, but without its cache:
+    /// that keeps every Event published in the last 6 minutes (to count repeats into a series), which while
+    /// 10,000 objects converge holds tens of MiB for Events that never repeat (agentid publishes on
+    /// transitions only).
     pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, action: &str, events: &[PlannedEvent]) {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
         let reference = obj.object_ref(&());
+        let ns = reference.namespace.clone().unwrap_or_else(|| "default".into());
+        let api: kube::Api<K8sEvent> = kube::Api::namespaced(self.client.clone(), &ns);
         for e in events {
-            let ev = Event {
-                type_: if e.warning { EventType::Warning } else { EventType::Normal },
-                reason: e.reason.to_string(),
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let event = K8sEvent {
+                action: Some(action.to_string()),
+                reason: Some(e.reason.to_string()),
                 note: Some(e.message.clone()),
-                action: action.to_string(),
-                secondary: None,
+                event_time: Some(MicroTime(now)),
+                regarding: Some(reference.clone()),
+                metadata: kube::api::ObjectMeta {
+                    namespace: Some(ns.clone()),
+                    name: Some(format!("{}.{:x}", reference.name.as_deref().unwrap_or("agentid"), now.as_nanosecond())),
+                    ..Default::default()
+                },
+                reporting_controller: Some("agentid".into()),
+                reporting_instance: Some(self.config.instance.clone()),
+                type_: Some(if e.warning { "Warning" } else { "Normal" }.into()),
+                ..Default::default()
             };
-            if let Err(err) = self.recorder.publish(&ev, &reference).await {
+            if let Err(err) = api.create(&kube::api::PostParams::default(), &event).await {
                 warn!(error = %err, reason = e.reason, "could not record Event");
             }
         }
     }
+}
+
+/// Reconciles of one controller in flight at most. Each waits on the apiserver for a few requests, so a few
+/// dozen keep it as busy as it accepts; without a bound, a restart with 10,000 objects starts 10,000 at
+/// once, and the memory those hold in flight sets the operator's peak (which its memory limit must cover).
+pub const CONCURRENCY: u16 = 32;
+
+/// Settings shared by the controllers: [`CONCURRENCY`].
+pub fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(CONCURRENCY)
 }
 
 /// Finalizer that lets agentid remove what it created before one of its objects goes.
@@ -133,7 +164,7 @@ where
     C: FnOnce(Arc<K>) -> FC,
     FC: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
 {
-    use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+    use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
     let started = std::time::Instant::now();
     let ns = obj
         .meta()
@@ -141,16 +172,68 @@ where
         .clone()
         .ok_or(crate::Error::Plan(crate::core::identity::PlanError::MissingField("metadata.namespace")))?;
     let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, obj, |event| async move {
-        match event {
-            FinalizerEvent::Apply(o) => apply(o).await,
-            FinalizerEvent::Cleanup(o) => cleanup(o).await,
+    let res = if obj.meta().deletion_timestamp.is_some() {
+        // Cleanup, then the finalizer comes off (nothing to do when it is not there).
+        finalizer(&api, FINALIZER, obj, |event| async move {
+            match event {
+                FinalizerEvent::Cleanup(o) => cleanup(o).await,
+                FinalizerEvent::Apply(_) => Ok(kube::runtime::controller::Action::await_change()),
+            }
+        })
+        .await
+    } else {
+        // A new object: the finalizer goes on first, then the same reconcile applies it (the finalizer write
+        // wakes no second reconcile, see `spec_or_deletion`).
+        match with_finalizer(&api, obj).await {
+            Ok(o) => apply(o).await.map_err(FinalizerError::ApplyFailed),
+            Err(e) => Err(e),
         }
-    })
-    .await
+    }
     .map_err(|e| crate::Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(kind, started.elapsed().as_secs_f64());
     res
+}
+
+fn has_finalizer<K: Resource>(obj: &K) -> bool {
+    obj.meta().finalizers.iter().flatten().any(|f| f == FINALIZER)
+}
+
+/// `obj` with the cleanup finalizer on: as it is when it has it, else after adding it. When the add races an
+/// earlier reconcile's (this cache has not seen that write yet: 409/422), the object as it is now, if it has
+/// the finalizer.
+async fn with_finalizer<K>(
+    api: &kube::Api<K>,
+    obj: Arc<K>,
+) -> Result<Arc<K>, kube::runtime::finalizer::Error<crate::Error>>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::runtime::finalizer::{Error as FinalizerError, finalizer};
+    if has_finalizer(obj.as_ref()) {
+        return Ok(obj);
+    }
+    // Without the finalizer and not being deleted, `finalizer` only adds it (it runs no reconcile).
+    let added = finalizer(api, FINALIZER, obj.clone(), |_| async {
+        Ok::<_, crate::Error>(kube::runtime::controller::Action::await_change())
+    })
+    .await;
+    match added {
+        Ok(_) => Ok(obj),
+        Err(FinalizerError::AddFinalizer(kube::Error::Api(s))) if matches!(s.code, 409 | 422) => {
+            let name = obj.meta().name.clone().unwrap_or_default();
+            match api.get_opt(&name).await {
+                Ok(Some(now))
+                    if now.meta().uid == obj.meta().uid
+                        && has_finalizer(&now)
+                        && now.meta().deletion_timestamp.is_none() =>
+                {
+                    Ok(Arc::new(now))
+                }
+                _ => Err(FinalizerError::AddFinalizer(kube::Error::Api(s))),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Error policy shared by the controllers: log, count by reason, retry in 10 s.
@@ -208,5 +291,300 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+// ------------------------------------------------------------------ watch streams, cut to what matters
+
+/// Drops what no reconcile reads and only costs memory in a cache: managedFields (often half of a small
+/// object) and kubectl's last-applied copy of the whole object.
+pub fn strip_metadata(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// What of an agentid object can change its reconcile's outcome: its spec (`metadata.generation`, which
+/// status writes, finalizers and labels leave alone) and whether it is being deleted. Own status writes and
+/// the finalizer write therefore trigger no further reconcile.
+pub fn spec_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
+    let m = obj.meta();
+    Some(hash_of(&(m.generation, m.deletion_timestamp.is_some())))
+}
+
+fn hash_of<T: std::hash::Hash>(t: &T) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(t)
+}
+
+/// The controller's own objects: watched (cut down by [`strip_metadata`]) into a cache, and a trigger for
+/// each change of spec or deletion only (see [`spec_or_deletion`]). `observe` sees every watch event first
+/// (to keep an index).
+pub fn main_stream<K>(
+    api: kube::Api<K>,
+    mut observe: impl FnMut(&kube::runtime::watcher::Event<K>) + Send + 'static,
+) -> (Store<K>, impl Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (reader, writer) = reflector::store();
+    let stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut K| strip_metadata(o.meta_mut()))
+        .map(move |ev| {
+            if let Ok(e) = &ev {
+                observe(e);
+            }
+            ev
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_deletion::<K>, Default::default());
+    (reader, stream)
+}
+
+/// Which watch events of one kind are worth a reconcile: an object whose fingerprint changed since it was
+/// last seen, and every deletion. `first_sight` says whether an object seen for the first time counts; for
+/// the children agentid creates it does not (the reconcile that created one already decided on it, and its
+/// creation would only wake that reconcile again), so only someone else's later change or deletion of a
+/// child wakes its owner. Keeps 16 bytes per object (hashes), never the object.
+pub struct Changes<K> {
+    seen: std::collections::HashMap<u64, u64>,
+    fingerprint: fn(&K) -> u64,
+    first_sight: bool,
+}
+
+impl<K: Resource> Changes<K> {
+    pub fn new(fingerprint: fn(&K) -> u64, first_sight: bool) -> Self {
+        Self { seen: Default::default(), fingerprint, first_sight }
+    }
+
+    /// Children of agentid's: a change is a new resourceVersion; the first sight does not count.
+    pub fn of_children() -> Self {
+        Self::new(|o| hash_of(&o.meta().resource_version), false)
+    }
+
+    fn key(o: &K) -> u64 {
+        let m = o.meta();
+        hash_of(&(&m.namespace, &m.name, &m.uid))
+    }
+
+    /// The objects of `event` worth a reconcile.
+    pub fn on(&mut self, event: kube::runtime::watcher::Event<K>) -> Option<K> {
+        use kube::runtime::watcher::Event;
+        match event {
+            Event::Init | Event::InitDone => None,
+            Event::InitApply(o) | Event::Apply(o) => {
+                let f = (self.fingerprint)(&o);
+                match self.seen.insert(Self::key(&o), f) {
+                    Some(old) if old == f => None,
+                    Some(_) => Some(o),
+                    None => self.first_sight.then_some(o),
+                }
+            }
+            Event::Delete(o) => {
+                self.seen.remove(&Self::key(&o));
+                Some(o)
+            }
+        }
+    }
+
+    /// `events` cut to those worth a reconcile (watch errors pass, for the controller's backoff).
+    pub fn filter<S>(mut self, events: S) -> impl Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send
+    where
+        S: Stream<Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>> + Send,
+        K: Send + 'static,
+    {
+        events.filter_map(move |ev| {
+            futures::future::ready(match ev {
+                Ok(e) => self.on(e).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
+    }
+}
+
+/// The objects that name an agent in `spec.agentRef` (grants, tasks), by (namespace, agent): the objects to
+/// look at again when the agent changes, without a scan of the whole cache. Kept from the watch events of
+/// those objects; a superset at worst (a stale entry only costs a reconcile that changes nothing).
+#[derive(Default)]
+pub struct AgentRefIndex {
+    by_agent: std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>,
+    relisted: Option<std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>>,
+}
+
+impl AgentRefIndex {
+    fn insert(
+        map: &mut std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>,
+        ns: String,
+        agent: String,
+        name: String,
+    ) {
+        map.entry((ns, agent)).or_default().insert(name);
+    }
+
+    /// Follows one watch event of the objects `agent_ref` reads the agent's name from.
+    pub fn observe<K: Resource>(&mut self, event: &kube::runtime::watcher::Event<K>, agent_ref: fn(&K) -> &str) {
+        use kube::runtime::watcher::Event;
+        let parts = |o: &K| {
+            let m = o.meta();
+            Some((m.namespace.clone()?, agent_ref(o).to_string(), m.name.clone()?))
+        };
+        match event {
+            Event::Init => self.relisted = Some(Default::default()),
+            Event::InitApply(o) => {
+                if let (Some(map), Some((ns, agent, name))) = (self.relisted.as_mut(), parts(o)) {
+                    Self::insert(map, ns, agent, name);
+                }
+            }
+            Event::InitDone => {
+                if let Some(map) = self.relisted.take() {
+                    self.by_agent = map;
+                }
+            }
+            Event::Apply(o) => {
+                if let Some((ns, agent, name)) = parts(o) {
+                    Self::insert(&mut self.by_agent, ns, agent, name);
+                }
+            }
+            Event::Delete(o) => {
+                if let Some((ns, agent, name)) = parts(o) {
+                    let key = (ns, agent);
+                    if let Some(set) = self.by_agent.get_mut(&key) {
+                        set.remove(&name);
+                        if set.is_empty() {
+                            self.by_agent.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The objects that name `agent`.
+    pub fn of<K: Resource<DynamicType = ()>>(&self, agent: &impl Resource) -> Vec<ObjectRef<K>> {
+        let m = agent.meta();
+        let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else { return Vec::new() };
+        self.by_agent
+            .get(&(ns.clone(), name))
+            .map(|set| set.iter().map(|n| ObjectRef::new(n).within(&ns)).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AgentIdentity, ToolGrant};
+    use kube::runtime::watcher::Event;
+
+    fn obj(name: &str, rv: &str) -> AgentIdentity {
+        let mut a = crate::api::test_agent(name);
+        a.metadata.resource_version = Some(rv.into());
+        a
+    }
+
+    fn names(out: Option<AgentIdentity>) -> Option<String> {
+        out.and_then(|o| o.metadata.name)
+    }
+
+    #[test]
+    fn a_child_wakes_its_owner_only_when_someone_changes_or_deletes_it() {
+        let mut c = Changes::<AgentIdentity>::of_children();
+        // created by the reconcile that wanted it: its first sight wakes nothing, nor does seeing it again
+        assert_eq!(names(c.on(Event::Apply(obj("a", "1")))), None);
+        assert_eq!(names(c.on(Event::InitApply(obj("a", "1")))), None);
+        assert_eq!(names(c.on(Event::Init)), None);
+        // changed by someone: wakes
+        assert_eq!(names(c.on(Event::Apply(obj("a", "2")))), Some("a".into()));
+        // deleted: wakes, and its successor is a first sight again
+        assert_eq!(names(c.on(Event::Delete(obj("a", "2")))), Some("a".into()));
+        assert_eq!(names(c.on(Event::Apply(obj("a", "3")))), None);
+    }
+
+    #[test]
+    fn with_first_sight_a_new_object_counts_and_an_unchanged_fingerprint_does_not() {
+        let mut c = Changes::<AgentIdentity>::new(|a| u64::from(a.spec.suspended), true);
+        assert_eq!(names(c.on(Event::Apply(obj("a", "1")))), Some("a".into()));
+        assert_eq!(names(c.on(Event::Apply(obj("a", "2")))), None);
+        let mut suspended = obj("a", "3");
+        suspended.spec.suspended = true;
+        assert_eq!(names(c.on(Event::Apply(suspended))), Some("a".into()));
+    }
+
+    #[test]
+    fn spec_or_deletion_ignores_status_finalizers_and_labels() {
+        let mut a = obj("a", "1");
+        a.metadata.generation = Some(1);
+        let base = spec_or_deletion(&a);
+        let mut b = a.clone();
+        b.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        b.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        b.status = Some(Default::default());
+        assert_eq!(spec_or_deletion(&b), base);
+        b.metadata.generation = Some(2);
+        assert_ne!(spec_or_deletion(&b), base);
+        let mut c = a.clone();
+        c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        ));
+        assert_ne!(spec_or_deletion(&c), base);
+    }
+
+    #[test]
+    fn strip_metadata_drops_managed_fields_and_last_applied_only() {
+        let mut a = obj("a", "1");
+        a.metadata.managed_fields = Some(vec![Default::default()]);
+        a.metadata.annotations = Some(
+            [
+                ("kubectl.kubernetes.io/last-applied-configuration".to_string(), "{}".to_string()),
+                ("keep".to_string(), "me".to_string()),
+            ]
+            .into(),
+        );
+        strip_metadata(&mut a.metadata);
+        assert_eq!(a.metadata.managed_fields, None);
+        assert_eq!(a.metadata.annotations, Some([("keep".to_string(), "me".to_string())].into()));
+    }
+
+    fn grant(name: &str, agent: &str) -> ToolGrant {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentid.dev/v1alpha1", "kind": "ToolGrant",
+            "metadata": {"name": name, "namespace": "agents"},
+            "spec": {"agentRef": {"name": agent}, "tools": [], "kubernetesRules": []}
+        }))
+        .expect("ToolGrant")
+    }
+
+    fn refs(i: &AgentRefIndex, agent: &str) -> Vec<String> {
+        i.of::<ToolGrant>(&crate::api::test_agent(agent)).into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn agent_ref_index_follows_applies_deletes_and_relists() {
+        fn agent_ref(g: &ToolGrant) -> &str {
+            g.spec.agent_ref.name.as_str()
+        }
+        let mut i = AgentRefIndex::default();
+        i.observe(&Event::Apply(grant("g1", "billing")), agent_ref);
+        i.observe(&Event::Apply(grant("g2", "billing")), agent_ref);
+        i.observe(&Event::Apply(grant("g3", "triage")), agent_ref);
+        assert_eq!(refs(&i, "billing"), ["g1", "g2"]);
+        assert_eq!(refs(&i, "triage"), ["g3"]);
+        assert!(refs(&i, "nobody").is_empty());
+        i.observe(&Event::Delete(grant("g1", "billing")), agent_ref);
+        assert_eq!(refs(&i, "billing"), ["g2"]);
+        // a re-list replaces the index once it is complete
+        i.observe(&Event::Init, agent_ref);
+        i.observe(&Event::InitApply(grant("g4", "billing")), agent_ref);
+        assert_eq!(refs(&i, "billing"), ["g2"]);
+        i.observe(&Event::InitDone, agent_ref);
+        assert_eq!(refs(&i, "billing"), ["g4"]);
+        assert!(refs(&i, "triage").is_empty());
     }
 }

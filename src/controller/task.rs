@@ -3,15 +3,14 @@
 //! completed, expired, agent suspended, task deleted) revokes every token
 //! issued for the task. Wakes up at the task's expiry.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::api::{PartialObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -29,23 +28,27 @@ pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let tasks: Api<AgentTask> = ctx.config.api(client.clone());
     let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
-    let secrets: Api<Secret> = ctx.config.api(client);
-    // Only Secrets agentid labelled as its own: anchors, which carry no data.
+    // Only Secrets agentid labelled as its own (anchors), metadata only; only someone else's change or
+    // deletion of one wakes its task.
+    let secrets: Api<PartialObjectMeta<Secret>> = ctx.config.api(client);
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(tasks, watcher::Config::default());
-    let store = controller.store();
-    let stream = controller
-        .owns(secrets, owned)
-        // An agent that appears, goes, is suspended, resumed or changes its audiences changes its tasks' phase.
-        .watches(agents, watcher::Config::default(), move |agent| tasks_of(&store, &agent))
+    let anchor_changes = super::Changes::of_children().filter(watcher::watcher(secrets, owned).default_backoff());
+    // An agent that appears, goes, is suspended, resumed, changes its audiences or whose ServiceAccount comes
+    // into place changes its tasks' phase; nothing else of it does.
+    let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)
+        .filter(watcher::watcher(agents, watcher::Config::default()).default_backoff());
+    let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
+    let observed = index.clone();
+    let (store, tasks) = super::main_stream(tasks, move |e| {
+        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |t: &AgentTask| t.spec.agent_ref.name.as_str())
+    });
+    let stream = Controller::for_stream(tasks, store)
+        .owns_stream(anchor_changes)
+        .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
+        .with_config(super::controller_config())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
     super::drain(stream).await;
-}
-
-/// The tasks (known to the controller's own cache) whose agentRef names `agent`.
-fn tasks_of(store: &Store<AgentTask>, agent: &AgentIdentity) -> Vec<ObjectRef<AgentTask>> {
-    store.state().iter().filter(|t| task::is_for_agent(t, agent)).map(|t| ObjectRef::from_obj(t.as_ref())).collect()
 }
 
 #[instrument(skip_all, fields(namespace = task.namespace().unwrap_or_default(), name = task.name_any()))]

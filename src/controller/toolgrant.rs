@@ -2,14 +2,13 @@
 //! RoleBinding for its agent's ServiceAccount while Active) in line, and wakes up
 //! at the grant's validity boundaries.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument};
 
@@ -26,24 +25,29 @@ pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let grants: Api<ToolGrant> = ctx.config.api(client.clone());
     let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
-    let roles: Api<Role> = ctx.config.api(client.clone());
-    let bindings: Api<RoleBinding> = ctx.config.api(client);
+    let roles: Api<PartialObjectMeta<Role>> = ctx.config.api(client.clone());
+    let bindings: Api<PartialObjectMeta<RoleBinding>> = ctx.config.api(client);
+    // Roles and RoleBindings: metadata only, and only someone else's change or deletion wakes their grant.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(grants, watcher::Config::default());
-    let store = controller.store();
-    let stream = controller
-        .owns(roles, owned.clone())
-        .owns(bindings, owned)
-        // An agent that appears, goes, is suspended or resumed changes the phase of its grants.
-        .watches(agents, watcher::Config::default(), move |agent| grants_of(&store, &agent))
+    let role_changes = super::Changes::of_children().filter(watcher::watcher(roles, owned.clone()).default_backoff());
+    let binding_changes = super::Changes::of_children().filter(watcher::watcher(bindings, owned).default_backoff());
+    // An agent that appears, goes, is suspended or resumed, or whose ServiceAccount comes into place changes
+    // the phase of its grants; nothing else of it does (its conditions' times and messages, its finalizer).
+    let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)
+        .filter(watcher::watcher(agents, watcher::Config::default()).default_backoff());
+    let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
+    let observed = index.clone();
+    let (store, grants) = super::main_stream(grants, move |e| {
+        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |g: &ToolGrant| g.spec.agent_ref.name.as_str())
+    });
+    let stream = Controller::for_stream(grants, store)
+        .owns_stream(role_changes)
+        .owns_stream(binding_changes)
+        .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
+        .with_config(super::controller_config())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
     super::drain(stream).await;
-}
-
-/// The grants (known to the controller's own cache) whose agentRef names `agent`.
-fn grants_of(store: &Store<ToolGrant>, agent: &AgentIdentity) -> Vec<ObjectRef<ToolGrant>> {
-    store.state().iter().filter(|g| grant::is_for_agent(g, agent)).map(|g| ObjectRef::from_obj(g.as_ref())).collect()
 }
 
 #[instrument(skip_all, fields(namespace = grant.namespace().unwrap_or_default(), name = grant.name_any()))]

@@ -200,6 +200,20 @@ pub fn plan(
     Ok(IdentityPlan { spiffe_id: spiffe, service_account_name: sa_name, service_account: action, status, events })
 }
 
+/// All that grants and tasks read of their agent, as one number: which agent it is (uid), its spec
+/// (`metadata.generation`: suspended, audiences, ServiceAccount name) and whether its ServiceAccount is in
+/// place. An agent change that leaves it alone (its conditions' times and messages, its finalizer, labels)
+/// cannot change a grant or a task, so it wakes none of them.
+pub fn dependents_fingerprint(agent: &AgentIdentity) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let m = &agent.metadata;
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one((
+        &m.uid,
+        m.generation,
+        agent.service_account_in_place(),
+    ))
+}
+
 fn ready_condition(sa_name: &str, spiffe: &str) -> CondUpdate {
     CondUpdate::new(READY, true, reason::IDENTITY_READY, format!("ServiceAccount {sa_name} carries {spiffe}"))
 }
@@ -218,6 +232,35 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn dependents_fingerprint_changes_only_with_what_grants_and_tasks_read() {
+        let a = agent("billing");
+        let mut ready = a.clone();
+        ready.status = plan(&a, None, "cluster.local", now()).map(|p| Some(p.status)).unwrap();
+        let base = dependents_fingerprint(&a);
+        // the ServiceAccount coming into place counts
+        assert_ne!(dependents_fingerprint(&ready), base);
+        // a spec change (suspended, audiences, ...) bumps the generation: counts
+        let mut suspended = ready.clone();
+        suspended.spec.suspended = true;
+        suspended.metadata.generation = Some(4);
+        assert_ne!(dependents_fingerprint(&suspended), dependents_fingerprint(&ready));
+        // another agent of the same name (deleted and created again) counts
+        let mut other = ready.clone();
+        other.metadata.uid = Some("another-uid".into());
+        assert_ne!(dependents_fingerprint(&other), dependents_fingerprint(&ready));
+        // the condition's time and message, a finalizer, labels do not
+        let mut later = ready.clone();
+        later.metadata.finalizers = Some(vec!["agentid.dev/cleanup".into()]);
+        later.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        if let Some(s) = later.status.as_mut() {
+            for c in &mut s.conditions {
+                c.message = "said differently".into();
+            }
+        }
+        assert_eq!(dependents_fingerprint(&later), dependents_fingerprint(&ready));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod lease;
 pub mod names;
 pub mod pdp;
+pub mod policyreport;
 pub mod ratelimit;
 pub mod report;
 pub mod status;

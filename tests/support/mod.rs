@@ -218,6 +218,7 @@ impl Webhook {
             pdp_trusted_pep: vec![],
             pdp_mesh_trust_domain: vec![],
             audit: Default::default(),
+            scan: Default::default(),
         };
         let mut args = args;
         configure(&mut args);

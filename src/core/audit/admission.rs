@@ -61,8 +61,8 @@ pub fn admission_events(
 mod tests {
     use super::*;
     use crate::core::admission::exceptions::ExceptionUse;
-    use crate::core::admission::rules::{RuleId, Violation};
     use crate::core::admission::review::AdmissionResponse;
+    use crate::core::admission::rules::{RuleId, Violation};
 
     fn judgement(verdict: Verdict, rules: &[RuleId], excepted: &[RuleId]) -> Judgement {
         Judgement {

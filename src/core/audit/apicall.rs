@@ -68,6 +68,38 @@ pub struct ResponseStatus {
     pub code: Option<i32>,
 }
 
+/// The events of one delivery: an `audit.k8s.io/v1` EventList (the apiserver's webhook backend), a JSON
+/// array of events, or one event per line (log shippers such as Fluent Bit or Vector tailing an audit log
+/// file, for clusters that only write audit logs). Blank lines are skipped; anything else that does not
+/// parse fails the whole delivery, so the sender retries rather than losing events silently.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<ApiEvent>, String> {
+    let trimmed = body.trim_ascii_start();
+    match trimmed.first() {
+        None => Ok(Vec::new()),
+        Some(b'[') => serde_json::from_slice::<Vec<ApiEvent>>(trimmed).map_err(|e| e.to_string()),
+        Some(b'{') => {
+            // One object: an EventList, or the first of several JSON lines.
+            let mut lines = trimmed.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty());
+            let first = lines.next().unwrap_or_default();
+            let rest: Vec<&[u8]> = lines.collect();
+            if rest.is_empty() {
+                let v: serde_json::Value = serde_json::from_slice(first).map_err(|e| e.to_string())?;
+                return if v.get("kind").and_then(|k| k.as_str()) == Some("EventList") || v.get("items").is_some() {
+                    serde_json::from_value::<EventList>(v).map(|l| l.items).map_err(|e| e.to_string())
+                } else {
+                    serde_json::from_value::<ApiEvent>(v).map(|e| vec![e]).map_err(|e| e.to_string())
+                };
+            }
+            std::iter::once(first)
+                .chain(rest)
+                .enumerate()
+                .map(|(i, l)| serde_json::from_slice::<ApiEvent>(l).map_err(|e| format!("line {}: {e}", i + 1)))
+                .collect()
+        }
+        Some(_) => Err("expected an EventList, a JSON array of audit events or JSON lines".into()),
+    }
+}
+
 /// `system:serviceaccount:<namespace>:<name>` → (namespace, name).
 pub fn service_account_of(username: &str) -> Option<(&str, &str)> {
     let rest = username.strip_prefix("system:serviceaccount:")?;
@@ -240,6 +272,24 @@ mod tests {
         assert_eq!(r("RBAC: allowed by RoleBinding \"agentid-grant-/ns\""), None);
         assert_eq!(r("RBAC: allowed by RoleBinding \"agentid-grant-g"), None, "unterminated");
         assert_eq!(r(""), None);
+    }
+
+    #[test]
+    fn deliveries_parse_as_event_lists_arrays_or_json_lines() {
+        let one = secret_read().to_string();
+        let list = serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [secret_read(), secret_read()]});
+        assert_eq!(parse_batch(list.to_string().as_bytes()).unwrap().len(), 2);
+        assert_eq!(parse_batch(format!("[{one},{one},{one}]").as_bytes()).unwrap().len(), 3);
+        assert_eq!(parse_batch(format!("{one}\n\n{one}\n").as_bytes()).unwrap().len(), 2);
+        assert_eq!(parse_batch(one.as_bytes()).unwrap().len(), 1, "a single event");
+        assert_eq!(parse_batch(b"  \n").unwrap().len(), 0);
+        assert_eq!(
+            parse_batch(format!("{one}\n{{\"stage\": 7}}").as_bytes()).unwrap_err().split(':').next(),
+            Some("line 2")
+        );
+        for bad in [&b"nope"[..], b"{", b"[1,2]", b"{\"items\": 3}"] {
+            assert!(parse_batch(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

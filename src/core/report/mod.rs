@@ -333,7 +333,9 @@ fn narrow_tool(t: &Tool, used: &ToolUse) -> Tool {
 /// Rules narrowed to the (group, resource) and verbs used, with the object names seen when every use
 /// named one.
 fn narrow_rules(rules: &[PolicyRule], used: &BTreeMap<ApiUse, u64>) -> Vec<PolicyRule> {
-    let mut by_resource: BTreeMap<(String, String), (BTreeSet<String>, BTreeSet<String>, bool)> = BTreeMap::new();
+    /// Per (group, resource): verbs used, object names seen, whether some use named no object.
+    type Seen = (BTreeSet<String>, BTreeSet<String>, bool);
+    let mut by_resource: BTreeMap<(String, String), Seen> = BTreeMap::new();
     for a in used.keys().filter(|a| rules.iter().any(|r| rule_covers(r, a))) {
         let e = by_resource.entry((a.group.clone(), a.resource.clone())).or_default();
         e.0.insert(a.verb.clone());

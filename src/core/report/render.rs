@@ -19,7 +19,7 @@ fn tags(f: &Finding) -> String {
 }
 
 fn pct(used: usize, granted: usize) -> String {
-    if granted == 0 { "-".into() } else { format!("{}%", used * 100 / granted) }
+    (used * 100).checked_div(granted).map_or_else(|| "-".into(), |p| format!("{p}%"))
 }
 
 /// Plain text, one block per agent.
