@@ -41,7 +41,7 @@ echo "== nginx for tests/e2e_nginx.rs: $(e2e/tools/nginx.sh)"
 AGENTID_CHROMIUM=$(e2e/tools/chromium.sh); export AGENTID_CHROMIUM
 echo "== chromium for tests/e2e_report_html.rs: $AGENTID_CHROMIUM"
 echo "== integration tests against the real kube-apiserver"
-cargo test --locked --no-fail-fast --features e2e --test 'e2e_*' -- --test-threads=4 2>&1 | tee "$results"
+cargo test --locked --no-fail-fast --features e2e --test 'e2e_*' --test threats -- --test-threads=4 2>&1 | tee "$results"
 if [ "${AGENTID_NODE:-}" = 1 ]; then
   echo "== the agentid image from the release binary, loaded into the node (make image)"
   cargo build --release --locked

@@ -68,7 +68,12 @@ async fn the_tasks_agent_gets_a_token_over_https_that_dies_with_the_task() {
     // Anonymous and garbage callers: 401.
     assert_eq!(hook.post(&path, None).await.0, 401);
     assert_eq!(hook.post(&path, Some("not-a-token")).await.0, 401);
-    // Another agent: 403.
+    // Another agent: 403 (its ServiceAccount is made by its own reconcile, which may still be running).
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
+    wait_until(Duration::from_secs(30), "agent-other's ServiceAccount", || async {
+        sas.get_opt("agent-other").await.ok()?.map(|_| ())
+    })
+    .await;
     let other = caller_token(&env.client, &env.ns, "agent-other").await;
     let (status, body) = hook.post(&path, Some(&other)).await;
     assert_eq!(status, 403, "{body}");
