@@ -62,7 +62,7 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
         .create(
             &PostParams::default(),
             &from_yaml(
-                "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: crm-read}\nspec: {agentRef: {name: bot}, tools: [{name: crm, actions: [read], destinations: ['https://crm.internal/api/'], maxDataSensitivity: internal}]}",
+                "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {name: crm-read}\nspec: {agentRef: {name: bot}, tools: [{name: crm, actions: [read], destinations: ['https://crm.internal/api/'], maxDataSensitivity: internal}, {name: crm-admin, actions: [purge], destinations: ['https://crm.internal/admin/'], maxDataSensitivity: internal, risk: high}]}",
             ),
         )
         .await
@@ -108,6 +108,15 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
     .await;
     let denied = ask("https://crm.internal/admin/users").await;
     assert_eq!(denied["decision"], false, "{denied}");
+    // A high-risk tool: the decision point asks for a human's approval (step-up), recorded as such.
+    let body = json!({"action": {"name": "purge"}, "resource": {"type": "tool", "id": "crm-admin",
+        "properties": {"destination": "https://crm.internal/admin/cache", "sensitivity": "internal"}}});
+    let auth = format!("Bearer {token}");
+    let (status, text) = hook
+        .https(hook.pdp_addr, "POST", "/access/v1/evaluation", &[("Authorization", &auth)], &body.to_string())
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("approval-required"), "{text}");
     // The task ends: its completion is recorded by the task controller.
     let done = serde_json::json!({"spec": {"completed": true}});
     tasks.patch("t1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&done)).await.unwrap();
@@ -156,6 +165,10 @@ async fn tokens_and_decisions_are_in_a_verifiable_trail() {
     assert!(kinds.iter().any(|k| k.contains("token")), "{out}");
     assert!(kinds.iter().filter(|k| k.contains("decision")).count() >= 2, "{out}");
     assert!(out.contains("destination-not-granted"), "{out}");
+    assert!(
+        out.lines().any(|l| l.contains("\"decision\":\"approval-required\"") && l.contains("crm-admin")),
+        "the approval request is in the timeline: {out}"
+    );
 
     // A modified copy is detected against the same checkpoints.
     let copy = dir.path().join("copy");
