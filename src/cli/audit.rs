@@ -151,13 +151,7 @@ fn load_checkpoints(args: &VerifyArgs) -> Result<Vec<(Checkpoint, String)>, Stri
 }
 
 fn cluster_checkpoints(namespace: &str) -> Result<Vec<(Checkpoint, String)>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach the cluster: {e}"))?;
+    super::with_cluster(|client| async move {
         let api: kube::Api<crate::api::AuditCheckpoint> = kube::Api::namespaced(client, namespace);
         let list = api
             .list(&kube::api::ListParams::default())

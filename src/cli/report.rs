@@ -170,13 +170,7 @@ fn inventory_from_file(path: &PathBuf) -> Result<Inventory, String> {
 }
 
 fn inventory_from_cluster() -> Result<Inventory, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach the cluster: {e}"))?;
+    super::with_cluster(|client| async move {
         let lp = kube::api::ListParams::default();
         let err = |what: &str, e: kube::Error| format!("cannot list {what}: {e}");
         let mut inv = Inventory {
