@@ -97,19 +97,12 @@ fn report_inner(args: &ReportArgs, now: Timestamp) -> Result<String, String> {
         Some(path) => inventory_from_file(path)?,
         None => inventory_from_cluster()?,
     };
+    let mut usage = usage;
     if let Some(ns) = &args.namespace {
-        let keep = |m: &kube::api::ObjectMeta| m.namespace.as_deref() == Some(ns.as_str());
-        inventory.agents.retain(|a| keep(&a.metadata));
-        inventory.grants.retain(|g| keep(&g.metadata));
-        inventory.tasks.retain(|t| keep(&t.metadata));
-        inventory.namespaces.retain(|(n, _)| n == ns);
+        inventory.retain_namespace(ns);
+        usage.retain_namespace(ns);
     }
-    let mut r = report::build(&inventory, &usage, Some(since), &format!("{now:.0}"));
-    if args.namespace.is_some() {
-        let ns = args.namespace.clone().unwrap_or_default();
-        r.workloads.retain(|k, _| k.starts_with(&format!("{ns}/")));
-        r.findings.retain(|f| f.subject.starts_with(&format!("{ns}/")) || f.subject == format!("namespace/{ns}"));
-    }
+    let r = report::build(&inventory, &usage, Some(since), &format!("{now:.0}"));
     let mut text = match args.output {
         Format::Text => render::text(&r),
         Format::Markdown => render::markdown(&r),

@@ -35,6 +35,17 @@ pub struct Inventory {
     pub namespaces: Vec<(String, Option<String>)>,
 }
 
+impl Inventory {
+    /// Keeps only what is in namespace `ns`.
+    pub fn retain_namespace(&mut self, ns: &str) {
+        let keep = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.namespace.as_deref() == Some(ns);
+        self.agents.retain(|a| keep(&a.metadata));
+        self.grants.retain(|g| keep(&g.metadata));
+        self.tasks.retain(|t| keep(&t.metadata));
+        self.namespaces.retain(|(n, _)| n == ns);
+    }
+}
+
 /// One Kubernetes API request as the trail names it: `(apiGroup, resource, verb, object name)`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ApiUse {
@@ -116,6 +127,12 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Keeps only the agents and workloads of namespace `ns`.
+    pub fn retain_namespace(&mut self, ns: &str) {
+        self.agents.retain(|(n, _), _| n == ns);
+        self.workloads.retain(|(n, _), _| n == ns);
+    }
+
     /// Folds one record (at or after the window's start; the caller filters by time).
     pub fn add(&mut self, r: &Record) {
         self.records += 1;

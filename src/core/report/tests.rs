@@ -168,3 +168,22 @@ fn script_data_cannot_close_its_element() {
     let data = html.split("id=\"report-data\">").nth(1).unwrap().split("</script>").next().unwrap();
     assert!(data.contains("\\u003c/script>"), "{data}");
 }
+
+#[test]
+fn a_namespace_report_holds_only_that_namespace() {
+    let mut inv = inventory();
+    let mut u = usage();
+    u.add(&rec(Kind::AdmissionDenied, |e| {
+        e.namespace = Some("legacy".into());
+        e.agent = None;
+        e.destination = Some("Pod/old".into());
+        e.reasons = vec!["static-secret-env".into()];
+    }));
+    inv.retain_namespace("legacy");
+    u.retain_namespace("legacy");
+    let r = build(&inv, &u, None, "now");
+    assert!(r.agents.is_empty());
+    let subjects: Vec<&str> = r.findings.iter().map(|f| f.subject.as_str()).collect();
+    assert_eq!(subjects, ["legacy/Pod/old", "namespace/legacy"]);
+    assert_eq!(r.workloads.keys().collect::<Vec<_>>(), ["legacy/Pod/old"]);
+}
