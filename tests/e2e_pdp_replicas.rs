@@ -89,20 +89,25 @@ async fn two_replicas_enforce_one_max_tool_calls() {
     let question = json!({"action": {"name": "query"},
         "resource": {"type": "tool", "id": "search", "properties": {"destination": "https://search.internal/q"}}})
     .to_string();
-    let ask = |pdp: std::net::SocketAddr| {
+    let ask_raw = |pdp: std::net::SocketAddr| {
         let (ca, auth, question) = (ca.clone(), auth.clone(), question.clone());
+        async move { https_request(&ca, pdp, "POST", "/access/v1/evaluation", &[("Authorization", &auth)], &question).await }
+    };
+    let ask = |pdp: std::net::SocketAddr| {
+        let call = ask_raw(pdp);
         async move {
-            let (status, text) =
-                https_request(&ca, pdp, "POST", "/access/v1/evaluation", &[("Authorization", &auth)], &question).await;
+            let (status, text) = call.await;
             assert_eq!(status, 200, "{text}");
             serde_json::from_str::<Value>(text.split_once("\r\n\r\n").unwrap().1).unwrap()
         }
     };
-    // Both replicas have their state.
+    // Both replicas have their state. A replica that does not lead starts listening only once it has
+    // read the serving certificate the leader wrote, so its port may refuse connections for a while.
     for r in &replicas {
         wait_until(Duration::from_secs(30), "decision point ready", || async {
-            let v = ask(r.pdp).await;
-            (v["context"]["reasons"][0] != "not-ready").then_some(())
+            let (status, text) = ask_raw(r.pdp).await;
+            let v: Value = serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()?;
+            (status == 200 && v["context"]["reasons"][0] != "not-ready").then_some(())
         })
         .await;
     }

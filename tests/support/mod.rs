@@ -406,7 +406,9 @@ pub async fn sa_token(client: &Client, ns: &str, sa: &str, audience: &str) -> St
 }
 
 /// `method path` to `addr` over TLS verified against `ca_pem` (name `localhost`), with `headers` and
-/// `body`: `(status, response headers and body)`.
+/// `body`: `(status, response headers and body)`. A server that is not listening (yet) or drops the
+/// handshake gives status 0 and the error as text, so readiness loops can retry and assertions on the
+/// status still fail with the reason.
 pub async fn https_request(
     ca_pem: &[u8],
     addr: std::net::SocketAddr,
@@ -422,9 +424,15 @@ pub async fn https_request(
         roots.add(c.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tcp = match tokio::net::TcpStream::connect(addr).await {
+        Ok(tcp) => tcp,
+        Err(e) => return (0, format!("connect to {addr}: {e}")),
+    };
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let mut tls = match tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return (0, format!("TLS handshake with {addr}: {e}")),
+    };
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
