@@ -113,3 +113,57 @@ async fn only_the_leader_reconciles_and_a_follower_takes_over() {
     .await;
     eprintln!("failover took {failover:?} (Lease 10 s, retry 2 s)");
 }
+
+/// SIGTERM (how the kubelet stops a pod); `None` when the process has not exited within `within`.
+fn terminate(child: &mut std::process::Child, within: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+    let sent = Instant::now();
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -TERM {}", child.id());
+    while sent.elapsed() < within {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some((status, sent.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[tokio::test]
+async fn sigterm_hands_leadership_over_at_once_and_stops_a_waiting_follower() {
+    let env = env("ha-term").await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut replicas = vec![spawn("replica-a", &env.ns), spawn("replica-b", &env.ns)];
+    let first = wait_until(Duration::from_secs(30), "a leader", || async { holder(&leases).await }).await;
+    create_agent(&agents, "one").await;
+    ready(&agents, "one").await;
+    let leader_idx = if replicas[0].name == first { 0 } else { 1 };
+
+    // The leader stops cleanly and releases the Lease: the follower leads well before the Lease (10 s)
+    // would have run out.
+    let mut leaving = replicas.remove(leader_idx);
+    let (status, took) = terminate(&mut leaving.child.0, Duration::from_secs(15)).expect("the leader ignored SIGTERM");
+    assert!(status.success(), "the leader exited with {status} on SIGTERM");
+    let survivor = replicas[0].name.clone();
+    let handed = wait_until(Duration::from_secs(30), "the follower to lead", || async {
+        holder(&leases).await.filter(|h| *h == survivor)
+    })
+    .await;
+    assert_eq!(handed, survivor);
+    let after = Instant::now();
+    let failover = took + after.elapsed();
+    assert!(failover < Duration::from_secs(8), "hand-over took {failover:?}: the Lease was not released");
+    create_agent(&agents, "two").await;
+    ready(&agents, "two").await;
+
+    // A follower waiting for the Lease stops at once too.
+    let mut waiting = spawn("replica-c", &env.ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, follower_took) =
+        terminate(&mut waiting.child.0, Duration::from_secs(15)).expect("a waiting follower ignored SIGTERM");
+    assert!(status.success(), "the follower exited with {status} on SIGTERM");
+    assert_eq!(holder(&leases).await.as_deref(), Some(survivor.as_str()), "a follower's exit must not touch the Lease");
+    eprintln!(
+        "leader stopped {took:?} after SIGTERM, hand-over {failover:?}; waiting follower stopped in {follower_took:?}"
+    );
+}

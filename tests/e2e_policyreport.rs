@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -54,6 +54,15 @@ async fn label(client: &Client, ns: &str, scope: &str, mode: Option<&str>) {
 }
 
 async fn pod(client: &Client, ns: &str, name: &str, spec: Value) -> String {
+    // With a node the apiserver's ServiceAccount admission refuses pods whose account does not exist
+    // (`default` included, until the controller manager has made it).
+    let account = spec["serviceAccountName"].as_str().unwrap_or("default");
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": account}})).unwrap();
+    match Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("service account {account}: {e}"),
+    }
     let p: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
     let p = Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &p).await.unwrap();
     p.metadata.uid.unwrap()

@@ -286,13 +286,67 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Followers are ready too: they serve the webhook and the token endpoint.
     readiness.controllers.store(true, Ordering::Release);
     let leader = (!args.no_leader_elect).then(|| LeaderConfig::new(&args.operator_namespace, &ctx.config.instance));
-    let mut lost = match &leader {
+    // A follower told to stop (a rolling upgrade, a drained node) stops at once instead of waiting for the
+    // kubelet's SIGKILL at the end of the grace period.
+    let acquired = match &leader {
         Some(cfg) => {
             info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "waiting to become leader");
-            Some(leader::acquire(client.clone(), cfg.clone()).await)
+            tokio::select! {
+                rx = leader::acquire(client.clone(), cfg.clone()) => Some(Some(rx)),
+                _ = shutdown_signal() => None,
+            }
         }
-        None => None,
+        None => Some(None),
     };
+    let result = match acquired {
+        Some(lost) => lead(&args, client.clone(), ctx, metrics_for_scan, leader.as_ref(), lost).await,
+        None => {
+            info!("stopping before having led");
+            Ok(())
+        }
+    };
+    // A last signed checkpoint, so the trail's end is covered by a signature and not by the chain alone.
+    if let Some(trail) = trail {
+        match trail.checkpoint().await {
+            Ok(_) => info!("audit trail: final checkpoint written"),
+            Err(e) => warn!(error = %e, "audit trail: no final checkpoint"),
+        }
+    }
+    result?;
+    info!("agentid operator stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (how the kubelet stops a pod) or SIGINT. Every caller gets its own
+/// registration, so each of them sees the signal.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The leader's work until a signal stops it (then the Lease is released, so a follower takes over
+/// at once) or the Lease is lost (then an error: the process exits and competes again when restarted).
+async fn lead(
+    args: &RunArgs,
+    client: Client,
+    ctx: Arc<Context>,
+    metrics_for_scan: Arc<Metrics>,
+    leader: Option<&LeaderConfig>,
+    mut lost: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<()> {
     info!(trust_domain = %ctx.config.trust_domain, "agentid controllers started");
     let controllers = async {
         let grants_checked = !args.no_webhook && !args.no_webhook_registration;
@@ -311,7 +365,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
     // The background scan: PolicyReports for the workloads that already run (leader only, like the controllers).
-    let scan = crate::scan::run(client.clone(), crate::scan::ScanConfig::from_args(&args)?, metrics_for_scan);
+    let scan = crate::scan::run(client.clone(), crate::scan::ScanConfig::from_args(args)?, metrics_for_scan);
+    // The controllers drain and end on the signal by themselves; the scan loops until told.
+    let scan = async {
+        tokio::select! {
+            _ = scan => {}
+            _ = shutdown_signal() => {}
+        }
+    };
     let controllers = async { tokio::join!(controllers, scan) };
     let leadership_lost = async {
         match lost.as_mut() {
@@ -325,19 +386,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         _ = controllers => Ok(()),
         _ = leadership_lost => Err(Error::Config("leadership lost; exiting so that a fresh start competes again".into())),
     };
-    if let (Some(cfg), Ok(())) = (&leader, &result) {
+    if let (Some(cfg), Ok(())) = (leader, &result) {
         leader::release(client, cfg).await;
     }
-    // A last signed checkpoint, so the trail's end is covered by a signature and not by the chain alone.
-    if let Some(trail) = trail {
-        match trail.checkpoint().await {
-            Ok(_) => info!("audit trail: final checkpoint written"),
-            Err(e) => warn!(error = %e, "audit trail: no final checkpoint"),
-        }
-    }
-    result?;
-    info!("agentid operator stopped");
-    Ok(())
+    result
 }
 
 /// The decision point's state, kept current by its own watches; ready (and the probe with it) once
@@ -435,10 +487,9 @@ pub async fn serve_webhook(
             }
         });
     }
-    let reload_interval = match args.tls_cert_file {
-        Some(_) => Duration::from_secs(10),
-        None => Duration::from_secs(60),
-    };
+    // Files and the self-managed Secret alike: a renewed, deleted or broken certificate is taken up (and a
+    // deleted or broken Secret written again) within 10 s, for one read per replica.
+    let reload_interval = Duration::from_secs(10);
     // Self-managed certificates name localhost; files (e.g. cert-manager) usually name the Service.
     let self_check_name = match args.tls_cert_file {
         Some(_) => format!("{}.{}.svc", args.webhook_service, args.operator_namespace),
