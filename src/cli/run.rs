@@ -260,6 +260,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ))
         },
     )?;
+    // Ready only while the apiserver answers: cut off from it, the caches admission, the broker and the
+    // decision point answer from go stale (the watches behind them retry on their own).
+    tokio::spawn(probes::watch_apiserver(
+        readiness.clone(),
+        {
+            let client = client.clone();
+            move || {
+                let client = client.clone();
+                async move { client.apiserver_version().await.is_ok() }
+            }
+        },
+        probes::APISERVER_CHECK_INTERVAL,
+        probes::APISERVER_GRACE,
+    ));
     // The Lease and the certificate Secret live in the operator's namespace: say so if it is missing.
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     match namespaces.get_opt(&args.operator_namespace).await {

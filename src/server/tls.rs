@@ -113,19 +113,33 @@ pub struct SelfManaged {
 }
 
 impl SelfManaged {
-    fn from_secret(s: &Secret) -> Option<(TlsMaterial, Vec<u8>)> {
+    /// The CA of the Secret, `(cert_pem, key_pem)`, when both are there and parse: a new serving certificate
+    /// is signed by it, so the webhook's caBundle stays valid.
+    fn ca_from_secret(s: &Secret) -> Option<(Vec<u8>, Vec<u8>)> {
+        let data = s.data.as_ref()?;
+        let get = |k: &str| data.get(k).map(|b| b.0.clone()).filter(|v| !v.is_empty());
+        let (cert, key) = (get(CA_CERT)?, get(CA_KEY)?);
+        CertificateDer::from_pem_slice(&cert).ok()?;
+        KeyPair::from_pem(std::str::from_utf8(&key).ok()?).ok()?;
+        Some((cert, key))
+    }
+
+    /// The serving material of the Secret when it is usable: its CA is ([`Self::ca_from_secret`]), the
+    /// certificate and key parse and belong together, the expiry annotation parses. A Secret that is not
+    /// (deleted, or garbage written into it) is issued again by [`Self::ensure`].
+    fn from_secret(s: &Secret) -> Option<TlsMaterial> {
+        let (ca_pem, _) = Self::ca_from_secret(s)?;
         let data = s.data.as_ref()?;
         let get = |k: &str| data.get(k).map(|b| b.0.clone()).filter(|v| !v.is_empty());
         let not_after = s.metadata.annotations.as_ref()?.get(NOT_AFTER_ANNOTATION)?.parse::<Timestamp>().ok()?;
-        Some((
-            TlsMaterial {
-                cert_pem: get(TLS_CERT)?,
-                key_pem: get(TLS_KEY)?,
-                ca_pem: Some(get(CA_CERT)?),
-                not_after: Some(not_after),
-            },
-            get(CA_KEY)?,
-        ))
+        let material = TlsMaterial {
+            cert_pem: get(TLS_CERT)?,
+            key_pem: get(TLS_KEY)?,
+            ca_pem: Some(ca_pem),
+            not_after: Some(not_after),
+        };
+        server_config(&material, None).ok()?;
+        Some(material)
     }
 
     /// Loads the certificate from the Secret, creating or renewing it when it is
@@ -137,18 +151,20 @@ impl SelfManaged {
             let existing = api.get_opt(&self.secret_name).await?;
             let parsed = existing.as_ref().and_then(Self::from_secret);
             let renew_before = SignedDuration::try_from(self.validity / 3).map_err(tls_err)?;
-            if let Some((m, _)) = &parsed
+            if let Some(m) = &parsed
                 && m.not_after.is_some_and(|na| na - renew_before > now)
             {
                 return Ok(m.clone());
             }
+            if existing.is_some() && parsed.is_none() {
+                tracing::warn!(secret = %self.secret_name, "the webhook certificate Secret is broken; issuing a new certificate");
+            }
             // Keep the CA if there is a usable one, so the caBundle survives renewal.
-            let (ca_cert, ca_key) = match (&parsed, existing.as_ref().and_then(|s| s.data.as_ref())) {
-                (Some((m, ca_key)), _) => (
-                    String::from_utf8_lossy(m.ca_pem.as_deref().unwrap_or_default()).into_owned(),
-                    String::from_utf8_lossy(ca_key).into_owned(),
-                ),
-                _ => generate_ca(now)?,
+            let (ca_cert, ca_key) = match existing.as_ref().and_then(Self::ca_from_secret) {
+                Some((cert, key)) => {
+                    (String::from_utf8_lossy(&cert).into_owned(), String::from_utf8_lossy(&key).into_owned())
+                }
+                None => generate_ca(now)?,
             };
             let (cert, key, not_after) = generate_serving(&ca_key, &self.sans, now, self.validity)?;
             let data = BTreeMap::from([
@@ -339,6 +355,62 @@ mod tests {
         verifier
             .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
             .expect("leaf verifies against the CA");
+    }
+
+    /// A Secret as [`SelfManaged::ensure`] writes it, for `sans`.
+    fn issued_secret(now: Timestamp) -> Secret {
+        let (ca, ca_key) = generate_ca(now).unwrap();
+        let (cert, key, not_after) =
+            generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
+        let data = [(CA_CERT, ca), (CA_KEY, ca_key), (TLS_CERT, cert), (TLS_KEY, key)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+            .collect();
+        Secret {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([(NOT_AFTER_ANNOTATION.to_string(), not_after.to_string())])),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    fn set(s: &mut Secret, key: &str, value: &[u8]) {
+        s.data.as_mut().unwrap().insert(key.to_string(), ByteString(value.to_vec()));
+    }
+
+    #[test]
+    fn a_broken_secret_is_not_served_and_keeps_a_usable_ca() {
+        let now = Timestamp::now();
+        let good = issued_secret(now);
+        let m = SelfManaged::from_secret(&good).expect("a freshly issued Secret is usable");
+        assert_eq!(m.ca_pem.as_deref(), Some(good.data.as_ref().unwrap()[CA_CERT].0.as_slice()));
+
+        // garbage instead of the serving certificate: broken, but its CA still signs the next one
+        let mut garbage = good.clone();
+        set(&mut garbage, TLS_CERT, b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+        assert!(SelfManaged::from_secret(&garbage).is_none());
+        assert!(SelfManaged::ca_from_secret(&garbage).is_some());
+        set(&mut garbage, TLS_CERT, b"not PEM at all");
+        assert!(SelfManaged::from_secret(&garbage).is_none());
+
+        // a certificate with someone else's key
+        let mut mismatched = good.clone();
+        let other = issued_secret(now);
+        set(&mut mismatched, TLS_KEY, &other.data.as_ref().unwrap()[TLS_KEY].0);
+        assert!(SelfManaged::from_secret(&mismatched).is_none());
+
+        // a broken CA: nothing of the Secret is usable
+        let mut broken_ca = good.clone();
+        set(&mut broken_ca, CA_KEY, b"garbage");
+        assert!(SelfManaged::from_secret(&broken_ca).is_none());
+        assert!(SelfManaged::ca_from_secret(&broken_ca).is_none());
+
+        // no expiry annotation: renewed
+        let mut unannotated = good;
+        unannotated.metadata.annotations = None;
+        assert!(SelfManaged::from_secret(&unannotated).is_none());
     }
 
     #[test]
