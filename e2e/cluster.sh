@@ -7,10 +7,14 @@
 #   e2e/cluster.sh up      start (idempotent: a running cluster is left alone)
 #   e2e/cluster.sh down    stop exactly the processes `up` started
 #   e2e/cluster.sh status  print whether it runs
+#   e2e/cluster.sh restart apiserver|etcd
+#                          stop that process and start it again with the same flags and port (etcd
+#                          keeps its data): an outage for fault tests (tests/e2e_restart.rs)
 #
 # State lives in $AGENTID_CLUSTER_DIR (default <repo>/.cluster): kubeconfig,
-# pki/, logs/ (etcd.log, kube-apiserver.log), pids/. The apiserver presents the client certificate
-# pki/webhook-client.crt (CA pki/webhook-client-ca.crt) to every admission webhook it calls.
+# pki/, logs/ (etcd.log, kube-apiserver.log), pids/, args/ (each process's command line). The
+# apiserver presents the client certificate pki/webhook-client.crt (CA pki/webhook-client-ca.crt) to
+# every admission webhook it calls.
 #
 # AGENTID_NODE=1 adds a real node (e2e/node.sh: containerd, kubelet, kube-proxy, controller manager,
 # scheduler); the apiserver then listens on the node's bridge address, not on 127.0.0.1. `down` takes
@@ -172,6 +176,41 @@ wait_for() { # what seconds command...
   done
 }
 
+# The command line of a control-plane process, one argument per line in $dir/args/<name>, so that
+# `restart` starts it again with exactly the same flags and ports.
+record() { # name command args...
+  local name=$1; shift
+  mkdir -p "$dir/args"
+  printf '%s\n' "$@" > "$dir/args/$name"
+}
+
+# Starts a process from its recorded command line, detached, its pid in $pids/<name>, appending to
+# $logs/<name>.log (so a restart keeps the log of the run before).
+launch() { # name
+  local cmd
+  mapfile -t cmd < "$dir/args/$1"
+  setsid "${cmd[@]}" >>"$logs/$1.log" 2>&1 </dev/null &
+  echo $! > "$pids/$1"
+}
+
+arg_of() { # name flag: the value that follows flag in name's recorded command line
+  local cmd i
+  mapfile -t cmd < "$dir/args/$1"
+  for ((i = 0; i + 1 < ${#cmd[@]}; i++)); do
+    if [ "${cmd[i]}" = "$2" ]; then printf '%s\n' "${cmd[i + 1]}"; return; fi
+  done
+  return 1
+}
+
+wait_ready() { # name
+  case $1 in
+    etcd) wait_for etcd 30 curl -fsS "$(arg_of etcd --advertise-client-urls)/health" ;;
+    kube-apiserver)
+      wait_for kube-apiserver 60 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+        "$(awk '$1 == "server:" {print $2; exit}' "$dir/kubeconfig")/readyz" ;;
+  esac
+}
+
 up() {
   for b in etcd kube-apiserver kubectl; do
     [ -x "$bin/$b" ] || { log "missing $bin/$b: run e2e/tools/build.sh (make tools)"; exit 1; }
@@ -197,16 +236,16 @@ up() {
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
   gen_audit_sink "$(free_port)"
   rm -rf "$dir/etcd-data"
-  setsid "$bin/etcd" --name agentid-local --data-dir "$dir/etcd-data" \
+  record etcd "$bin/etcd" --name agentid-local --data-dir "$dir/etcd-data" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "agentid-local=http://127.0.0.1:$peer_port" \
-    --unsafe-no-fsync=true --quota-backend-bytes=4294967296 --log-level=warn \
-    >"$logs/etcd.log" 2>&1 </dev/null &
-  echo $! > "$pids/etcd"
-  wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+    --unsafe-no-fsync=true --quota-backend-bytes=4294967296 --log-level=warn
+  : > "$logs/etcd.log"
+  launch etcd
+  wait_ready etcd
 
-  setsid "$bin/kube-apiserver" \
+  record kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
     --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \
@@ -222,12 +261,11 @@ up() {
     --audit-webhook-mode batch --audit-webhook-batch-max-wait 200ms --audit-webhook-initial-backoff 200ms \
     --enable-priority-and-fairness=false \
     --profiling=false \
-    "${mode_args[@]}" \
-    >"$logs/kube-apiserver.log" 2>&1 </dev/null &
-  echo $! > "$pids/kube-apiserver"
+    "${mode_args[@]}"
+  : > "$logs/kube-apiserver.log"
+  launch kube-apiserver
   write_kubeconfig "$api_port" "$api_host"
-  wait_for kube-apiserver 60 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-    "https://$api_host:$api_port/readyz"
+  wait_ready kube-apiserver
   log "ready in $((SECONDS - started))s: KUBECONFIG=$dir/kubeconfig (https://$api_host:$api_port)"
   if [ "${AGENTID_NODE:-}" = 1 ]; then "$here/node.sh" up; fi
 }
@@ -258,6 +296,21 @@ down() {
   return $node_rc
 }
 
+# Stops one process of a running cluster (SIGTERM, by its recorded pid; SIGKILL after 5 s) and starts
+# it again with the same command line (same flags, same port, etcd with its data), waiting until it is
+# ready again. The clients of the apiserver (and the apiserver, of etcd) see an outage, not a new cluster.
+restart() { # etcd|kube-apiserver
+  local name=$1
+  if [ ! -f "$pids/$1" ] || [ ! -f "$dir/args/$1" ]; then
+    log "$1 is not running in $dir: e2e/cluster.sh up first"; exit 1
+  fi
+  local started=$SECONDS
+  stop_one "$name"
+  launch "$name"
+  wait_ready "$name"
+  log "restarted $name in $((SECONDS - started))s (pid $(cat "$pids/$name"))"
+}
+
 status() {
   if alive etcd && alive kube-apiserver; then echo "running: KUBECONFIG=$dir/kubeconfig"; else echo "not running"; return 1; fi
 }
@@ -266,5 +319,11 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  restart)
+    case "${2:-}" in
+      apiserver|kube-apiserver) restart kube-apiserver ;;
+      etcd) restart etcd ;;
+      *) echo "usage: $0 restart apiserver|etcd" >&2; exit 2 ;;
+    esac ;;
+  *) echo "usage: $0 up|down|status|restart apiserver|etcd" >&2; exit 2 ;;
 esac

@@ -442,7 +442,7 @@ impl Scanner {
     async fn watch_namespaces(&self) {
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(self.client.clone());
         let mut modes: HashMap<String, Option<Enforcement>> = HashMap::new();
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let stream = watcher(api, watcher::Config::default()).backoff(crate::controller::watch_backoff());
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             let (ns, live) = match event {
@@ -544,7 +544,7 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>) {
     let agents_watch = {
         let scanner = scanner.clone();
         async move {
-            let stream = watcher(agents_api, watcher::Config::default()).default_backoff().modify(|a| {
+            let stream = watcher(agents_api, watcher::Config::default()).backoff(crate::controller::watch_backoff()).modify(|a| {
                 a.metadata.managed_fields = None;
             });
             let stream = reflector(writer, stream);

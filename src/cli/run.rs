@@ -456,7 +456,7 @@ pub async fn serve_webhook(
     };
     let (store, writer) = reflector::store();
     // Admission reads only spec and name: drop what only costs memory (~8 KB per agent otherwise).
-    let stream = watcher(agents_api, watcher::Config::default()).default_backoff().modify(|a| {
+    let stream = watcher(agents_api, watcher::Config::default()).backoff(crate::controller::watch_backoff()).modify(|a| {
         a.metadata.managed_fields = None;
         if let Some(ann) = a.metadata.annotations.as_mut() {
             ann.remove("kubectl.kubernetes.io/last-applied-configuration");

@@ -32,11 +32,11 @@ pub async fn run(ctx: Arc<Context>) {
     // deletion of one wakes its task.
     let secrets: Api<PartialObjectMeta<Secret>> = ctx.config.api(client);
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let anchor_changes = super::Changes::of_children().filter(watcher::watcher(secrets, owned).default_backoff());
+    let anchor_changes = super::Changes::of_children().filter(watcher::watcher(secrets, owned).backoff(crate::controller::watch_backoff()));
     // An agent that appears, goes, is suspended, resumed, changes its audiences or whose ServiceAccount comes
     // into place changes its tasks' phase; nothing else of it does.
     let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)
-        .filter(watcher::watcher(agents, watcher::Config::default()).default_backoff());
+        .filter(watcher::watcher(agents, watcher::Config::default()).backoff(crate::controller::watch_backoff()));
     let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
     let observed = index.clone();
     let (store, tasks) = super::main_stream(tasks, move |e| {
@@ -46,6 +46,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(anchor_changes)
         .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
         .with_config(super::controller_config())
+        .trigger_backoff(super::watch_backoff())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
     super::drain(stream).await;

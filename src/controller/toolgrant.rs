@@ -29,12 +29,12 @@ pub async fn run(ctx: Arc<Context>) {
     let bindings: Api<PartialObjectMeta<RoleBinding>> = ctx.config.api(client);
     // Roles and RoleBindings: metadata only, and only someone else's change or deletion wakes their grant.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let role_changes = super::Changes::of_children().filter(watcher::watcher(roles, owned.clone()).default_backoff());
-    let binding_changes = super::Changes::of_children().filter(watcher::watcher(bindings, owned).default_backoff());
+    let role_changes = super::Changes::of_children().filter(watcher::watcher(roles, owned.clone()).backoff(crate::controller::watch_backoff()));
+    let binding_changes = super::Changes::of_children().filter(watcher::watcher(bindings, owned).backoff(crate::controller::watch_backoff()));
     // An agent that appears, goes, is suspended or resumed, or whose ServiceAccount comes into place changes
     // the phase of its grants; nothing else of it does (its conditions' times and messages, its finalizer).
     let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)
-        .filter(watcher::watcher(agents, watcher::Config::default()).default_backoff());
+        .filter(watcher::watcher(agents, watcher::Config::default()).backoff(crate::controller::watch_backoff()));
     let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
     let observed = index.clone();
     let (store, grants) = super::main_stream(grants, move |e| {
@@ -45,6 +45,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(binding_changes)
         .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
         .with_config(super::controller_config())
+        .trigger_backoff(super::watch_backoff())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
     super::drain(stream).await;

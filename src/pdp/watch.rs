@@ -119,7 +119,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
     };
 
     let agents = watcher::watcher(api::<AgentIdentity>(&client, ns), cfg())
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .modify(move |o| strip(&mut o.metadata));
     tokio::spawn(follow(
         agents,
@@ -130,7 +130,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         |s, ns, n| s.snapshot.write().unwrap_or_else(|p| p.into_inner()).remove_agent(ns, n),
     ));
     let grants = watcher::watcher(api::<ToolGrant>(&client, ns), cfg())
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .modify(move |o| strip(&mut o.metadata));
     tokio::spawn(follow(
         grants,
@@ -141,7 +141,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         |s, ns, n| s.snapshot.write().unwrap_or_else(|p| p.into_inner()).remove_grant(ns, n),
     ));
     let tasks = watcher::watcher(api::<AgentTask>(&client, ns), cfg())
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .modify(move |o| strip(&mut o.metadata));
     tokio::spawn(follow(
         tasks,
@@ -155,7 +155,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
             s.budgets.forget(ns, n);
         },
     ));
-    let accounts = watcher::watcher(api::<PartialObjectMeta<ServiceAccount>>(&client, ns), managed()).default_backoff();
+    let accounts = watcher::watcher(api::<PartialObjectMeta<ServiceAccount>>(&client, ns), managed()).backoff(crate::controller::watch_backoff());
     tokio::spawn(follow(
         accounts,
         synced.clone(),
@@ -178,7 +178,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         api::<PartialObjectMeta<Secret>>(&client, ns),
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{TASK_LABEL}")),
     )
-    .default_backoff();
+    .backoff(crate::controller::watch_backoff());
     tokio::spawn(follow(
         anchors,
         synced.clone(),

@@ -460,3 +460,22 @@ impl Drop for Killed {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Creates these ServiceAccounts in `ns` unless they exist. With a node (AGENTID_NODE=1) the apiserver's
+/// ServiceAccount admission refuses pods whose account does not exist, `default` included until the
+/// controller manager has made it; without one nothing needs them, and they do no harm.
+pub async fn ensure_service_accounts(client: &Client, ns: &str, names: &[&str]) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    for name in names {
+        let sa = ServiceAccount {
+            metadata: kube::api::ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("ServiceAccount {ns}/{name}: {e}"),
+        }
+    }
+}
