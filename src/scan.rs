@@ -544,9 +544,11 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>) {
     let agents_watch = {
         let scanner = scanner.clone();
         async move {
-            let stream = watcher(agents_api, watcher::Config::default()).backoff(crate::controller::watch_backoff()).modify(|a| {
-                a.metadata.managed_fields = None;
-            });
+            let stream = watcher(agents_api, watcher::Config::default())
+                .backoff(crate::controller::watch_backoff())
+                .modify(|a| {
+                    a.metadata.managed_fields = None;
+                });
             let stream = reflector(writer, stream);
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {

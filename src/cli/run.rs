@@ -456,12 +456,13 @@ pub async fn serve_webhook(
     };
     let (store, writer) = reflector::store();
     // Admission reads only spec and name: drop what only costs memory (~8 KB per agent otherwise).
-    let stream = watcher(agents_api, watcher::Config::default()).backoff(crate::controller::watch_backoff()).modify(|a| {
-        a.metadata.managed_fields = None;
-        if let Some(ann) = a.metadata.annotations.as_mut() {
-            ann.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
-    });
+    let stream =
+        watcher(agents_api, watcher::Config::default()).backoff(crate::controller::watch_backoff()).modify(|a| {
+            a.metadata.managed_fields = None;
+            if let Some(ann) = a.metadata.annotations.as_mut() {
+                ann.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        });
     let stream = reflector(writer, stream).applied_objects();
     tokio::spawn(async move {
         futures::pin_mut!(stream);

@@ -28,7 +28,8 @@ pub async fn run(ctx: Arc<Context>) {
     // ServiceAccounts: metadata only, and only someone else's change or deletion wakes their agent.
     let sas: Api<PartialObjectMeta<ServiceAccount>> = ctx.config.api(client);
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let sa_changes = super::Changes::of_children().filter(watcher::watcher(sas, owned).backoff(crate::controller::watch_backoff()));
+    let sa_changes =
+        super::Changes::of_children().filter(watcher::watcher(sas, owned).backoff(crate::controller::watch_backoff()));
     let (store, agents) = super::main_stream(agents, |_| {});
     let stream = Controller::for_stream(agents, store)
         .owns_stream(sa_changes)

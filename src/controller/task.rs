@@ -32,7 +32,8 @@ pub async fn run(ctx: Arc<Context>) {
     // deletion of one wakes its task.
     let secrets: Api<PartialObjectMeta<Secret>> = ctx.config.api(client);
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let anchor_changes = super::Changes::of_children().filter(watcher::watcher(secrets, owned).backoff(crate::controller::watch_backoff()));
+    let anchor_changes = super::Changes::of_children()
+        .filter(watcher::watcher(secrets, owned).backoff(crate::controller::watch_backoff()));
     // An agent that appears, goes, is suspended, resumed, changes its audiences or whose ServiceAccount comes
     // into place changes its tasks' phase; nothing else of it does.
     let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)

@@ -29,8 +29,10 @@ pub async fn run(ctx: Arc<Context>) {
     let bindings: Api<PartialObjectMeta<RoleBinding>> = ctx.config.api(client);
     // Roles and RoleBindings: metadata only, and only someone else's change or deletion wakes their grant.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let role_changes = super::Changes::of_children().filter(watcher::watcher(roles, owned.clone()).backoff(crate::controller::watch_backoff()));
-    let binding_changes = super::Changes::of_children().filter(watcher::watcher(bindings, owned).backoff(crate::controller::watch_backoff()));
+    let role_changes = super::Changes::of_children()
+        .filter(watcher::watcher(roles, owned.clone()).backoff(crate::controller::watch_backoff()));
+    let binding_changes = super::Changes::of_children()
+        .filter(watcher::watcher(bindings, owned).backoff(crate::controller::watch_backoff()));
     // An agent that appears, goes, is suspended or resumed, or whose ServiceAccount comes into place changes
     // the phase of its grants; nothing else of it does (its conditions' times and messages, its finalizer).
     let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)

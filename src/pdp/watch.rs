@@ -155,7 +155,8 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
             s.budgets.forget(ns, n);
         },
     ));
-    let accounts = watcher::watcher(api::<PartialObjectMeta<ServiceAccount>>(&client, ns), managed()).backoff(crate::controller::watch_backoff());
+    let accounts = watcher::watcher(api::<PartialObjectMeta<ServiceAccount>>(&client, ns), managed())
+        .backoff(crate::controller::watch_backoff());
     tokio::spawn(follow(
         accounts,
         synced.clone(),
