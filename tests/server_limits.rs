@@ -181,3 +181,58 @@ async fn admission_keeps_answering_through_a_connection_flood() {
     let mut idle = tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await.unwrap();
     assert!(closed_within(&mut idle, LIMITS.idle_timeout + Duration::from_secs(3)).await, "idle connection closed");
 }
+
+/// What a stopping replica does (SIGTERM after the preStop sleep): a request in flight is still answered
+/// and its connection then closed, an idle connection is closed, no new connection is accepted, and the
+/// drain reports when all that is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
+    use agentid::server::listener::Drain;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let now = Timestamp::now();
+    let (ca, ca_key) = tls::generate_ca(now).unwrap();
+    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
+    let material =
+        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            "answered"
+        }),
+    );
+    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
+    let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
+    let drain = Drain::default();
+    listener.drain = Some(drain.subscribe());
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener.run());
+    let ca = ca.into_bytes();
+    let connect = || {
+        let ca = ca.clone();
+        async move {
+            let tcp = connect_from("127.0.0.1", addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await
+        }
+    };
+    let mut idle = connect().await.unwrap();
+    let mut busy = connect().await.unwrap();
+    // Keep-alive: only the drain may end this connection.
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let draining = tokio::spawn({
+        let drain = drain.clone();
+        async move { drain.drain(Duration::from_secs(5)).await }
+    });
+
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "the busy connection was not closed after its answer: {text}");
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("answered"), "in-flight request lost: {text:?}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "the client is not told to go: {text}");
+    assert!(closed_within(&mut idle, Duration::from_secs(2)).await, "an idle connection stayed open");
+    assert!(draining.await.unwrap(), "the drain did not see every connection end");
+    assert!(connect_from("127.0.0.1", addr).await.is_err(), "a new connection was accepted while stopping");
+}

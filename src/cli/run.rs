@@ -288,9 +288,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Err(e) => warn!(error = %api_reason(&e), "could not check the operator namespace"),
     }
 
-    let mut trail = None;
+    let (mut trail, mut listening) = (None, None);
     if !args.no_webhook {
-        trail = serve_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?.1;
+        let (l, t) = serve_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
+        (trail, listening) = (t, Some(l));
     }
 
     let mut ctx = Context::new(client.clone(), config, metrics);
@@ -319,6 +320,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Ok(())
         }
     };
+    // Stopping: requests in flight (admission, tokens, decisions) are answered and clients are told to
+    // reconnect elsewhere, instead of failing with the connection when the process ends.
+    if let Some(l) = listening {
+        let drained = l.drain.drain(DRAIN_WITHIN).await;
+        info!(all_answered = drained, "listeners drained");
+    }
     // A last signed checkpoint, so the trail's end is covered by a signature and not by the chain alone.
     if let Some(trail) = trail {
         match trail.checkpoint().await {
@@ -330,6 +337,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     info!("agentid operator stopped");
     Ok(())
 }
+
+/// How long a stopping replica waits for its connections to finish (the chart's grace period is 30 s,
+/// 5 s of which the preStop sleep takes).
+const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 
 /// Resolves on SIGTERM (how the kubelet stops a pod) or SIGINT. Every caller gets its own
 /// registration, so each of them sees the signal.

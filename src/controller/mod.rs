@@ -326,7 +326,7 @@ fn hash_of<T: std::hash::Hash>(t: &T) -> u64 {
 /// watches came back 16–21 s later (tests/e2e_restart.rs), and meanwhile admission and the decision
 /// point answered from caches that did not yet know of a suspended agent. A few watches per replica
 /// every 5 s is little load for an apiserver that is coming back.
-pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + Send + Sync + 'static {
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
     use std::time::Duration;
     let exponential = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(800))

@@ -2,7 +2,9 @@
 //! TLS with a reloadable configuration, and the limits that keep one misbehaving client from taking
 //! the listener down — a cap on connections overall and per peer address, a TLS handshake timeout,
 //! a header-read timeout (slowloris) and an idle timeout. `TCP_NODELAY` is set on every connection:
-//! answers are small and must not wait for delayed ACKs.
+//! answers are small and must not wait for delayed ACKs. A [`Drain`] stops them gracefully: no new
+//! connections, GOAWAY on HTTP/2 (no keep-alive on HTTP/1.1) for the open ones, whose requests in flight
+//! are still answered.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,9 +21,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
@@ -148,6 +150,43 @@ pub struct Listener {
     pub app: Router,
     pub limits: Limits,
     pub metrics: Option<Arc<Metrics>>,
+    /// Told to stop by [`Drain::drain`]; `None`: serves until the process ends.
+    pub drain: Option<watch::Receiver<bool>>,
+}
+
+/// Stops listeners gracefully (at SIGTERM, after the pod left its Service): they accept no more
+/// connections, ask their clients to go elsewhere (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`) and
+/// answer what is in flight. Every listener and every connection holds a receiver, so the sender
+/// learns when the last one is done.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain { tx: Arc::new(watch::Sender::new(false)) }
+    }
+}
+
+impl Drain {
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Starts draining and waits until every listener and connection subscribed has ended, at most
+    /// `within`: true when they all did.
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.tx.send_replace(true);
+        tokio::time::timeout(within, self.tx.closed()).await.is_ok()
+    }
+}
+
+/// Resolves once draining starts; never when nobody can start it any more.
+async fn draining(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await
+    }
 }
 
 impl Listener {
@@ -161,7 +200,7 @@ impl Listener {
     ) -> std::io::Result<Self> {
         let std = std::net::TcpListener::bind(addr)?;
         std.set_nonblocking(true)?;
-        Ok(Listener { name, listener: TcpListener::from_std(std)?, tls, app, limits, metrics: None })
+        Ok(Listener { name, listener: TcpListener::from_std(std)?, tls, app, limits, metrics: None, drain: None })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -170,7 +209,9 @@ impl Listener {
 
     /// Serves until the process ends.
     pub async fn run(self) {
-        let Listener { name, listener, tls, app, limits, metrics } = self;
+        let Listener { name, listener, tls, app, limits, metrics, drain } = self;
+        // Without a Drain, a sender nobody holds: `draining` then never resolves.
+        let mut drain = drain.unwrap_or_else(|| watch::Sender::new(false).subscribe());
         let global = Arc::new(Semaphore::new(limits.max_connections));
         let peers = Arc::new(PeerCounts::default());
         let refused = |reason: &'static str| {
@@ -179,7 +220,14 @@ impl Listener {
             }
         };
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = draining(&mut drain) => {
+                    info!(listener = name, "draining: accepting no more connections");
+                    return;
+                }
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
@@ -198,9 +246,9 @@ impl Listener {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (tls, app, metrics) = (tls.clone(), app.clone(), metrics.clone());
+            let (tls, app, metrics, drain) = (tls.clone(), app.clone(), metrics.clone(), drain.clone());
             tokio::spawn(async move {
-                let reason = serve_connection(tcp, peer, tls, app, limits).await;
+                let reason = serve_connection(tcp, peer, tls, app, limits, drain).await;
                 if let (Some(m), Some(r)) = (&metrics, reason) {
                     m.connection_closed(name, r);
                 }
@@ -217,6 +265,7 @@ async fn serve_connection(
     tls: TlsHandle,
     app: Router,
     limits: Limits,
+    mut drain: watch::Receiver<bool>,
 ) -> Option<&'static str> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
     let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -253,6 +302,7 @@ async fn serve_connection(
         .keep_alive_timeout(Duration::from_secs(10));
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
+    let mut drained = false;
     loop {
         let now_ms = started.elapsed().as_millis() as u64;
         let idle_for = Duration::from_millis(now_ms.saturating_sub(last.load(Ordering::Relaxed)));
@@ -268,6 +318,11 @@ async fn serve_connection(
                 return None;
             }
             _ = tokio::time::sleep(wait) => {}
+            _ = draining(&mut drain), if !drained => {
+                // Requests in flight are still answered; the client opens its next connection elsewhere.
+                conn.as_mut().graceful_shutdown();
+                drained = true;
+            }
         }
     }
 }

@@ -55,11 +55,12 @@ pub struct ServeConfig {
     pub metrics: Option<Arc<Metrics>>,
 }
 
-/// Where the servers listen.
+/// Where the servers listen, and how to stop them gracefully.
 #[derive(Debug, Clone)]
 pub struct Listening {
     pub webhook: SocketAddr,
     pub extra: Vec<(&'static str, SocketAddr)>,
+    pub drain: listener::Drain,
 }
 
 impl Listening {
@@ -134,8 +135,10 @@ pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc
     let material = cfg.certs.load(&client).await?;
     let main_slot = TlsSlot::new("webhook", &material, cfg.client_ca.clone(), true).await?;
     let client_auth = main_slot.current_ca.is_some();
+    let drain = listener::Drain::default();
     let mut main = Listener::bind("webhook", cfg.addr, main_slot.handle.clone(), app, cfg.limits)?;
     main.metrics = cfg.metrics.clone();
+    main.drain = Some(drain.subscribe());
     let addr = main.local_addr()?;
     let mut slots = vec![main_slot];
     let mut extra = Vec::new();
@@ -143,6 +146,7 @@ pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc
         let slot = TlsSlot::new(x.name, &material, x.client_ca, false).await?;
         let mut l = Listener::bind(x.name, x.addr, slot.handle.clone(), x.app, cfg.limits)?;
         l.metrics = cfg.metrics.clone();
+        l.drain = Some(drain.subscribe());
         let bound = l.local_addr()?;
         info!(listener = x.name, addr = %bound, client_certificates = slot.current_ca.is_some(), "serving over TLS");
         extra.push((x.name, bound));
@@ -175,7 +179,7 @@ pub async fn serve(client: Client, app: Router, mut cfg: ServeConfig, ready: Arc
     ready.webhook.store(true, Ordering::Release);
 
     tokio::spawn(reload_loop(client, cfg, slots, material));
-    Ok(Listening { webhook: addr, extra })
+    Ok(Listening { webhook: addr, extra, drain })
 }
 
 async fn reload_loop(client: Client, mut cfg: ServeConfig, mut slots: Vec<TlsSlot>, mut current: TlsMaterial) {
