@@ -35,12 +35,15 @@ node-up: tools
 node-down:
 	e2e/cluster.sh down
 
-## The agentid OCI image from the release binary (.cache/images/agentid.tar, docker-archive), no
-## registry or engine needed; loaded into the node's containerd when a node runs (make node-up)
+## The agentid OCI image from the release binary (.cache/images/agentid.tar, docker-archive), and the
+## sample agent's (examples/sample-agent.rs), no registry or engine needed; loaded into the node's
+## containerd when a node runs (make node-up)
 image: build
+	$(CARGO) build --release --locked --example sample-agent
 	e2e/tools/node-packages.sh
 	e2e/tools/image.sh agentid
-	if e2e/node.sh status >/dev/null 2>&1; then e2e/node.sh load agentid; fi
+	e2e/tools/image.sh sample-agent
+	if e2e/node.sh status >/dev/null 2>&1; then e2e/node.sh load agentid sample-agent; fi
 
 ## The main job: local control plane + CRDs + operator + sample agents, then a report
 demo: tools build

@@ -4,6 +4,7 @@
 # Services route, namespaces delete, `default` ServiceAccounts exist, `kubectl logs/exec` work.
 # Driven by `AGENTID_NODE=1 e2e/cluster.sh up|down`; the steps on their own:
 #
+#   e2e/node.sh preflight        exit 0 when this machine can run a node, else say why (make test decides)
 #   e2e/node.sh apiserver-args   snapshot the host, create the bridge with the apiserver's address,
 #                                generate the node's certificates; print the extra kube-apiserver flags
 #   e2e/node.sh api-host         the address the apiserver listens on in node mode
@@ -14,6 +15,7 @@
 #                                fail when anything differs from the snapshot taken before `up`
 #   e2e/node.sh snapshot         print the host state that `down` compares
 #   e2e/node.sh load NAME...     build (when changed) and load e2e/tools/image.sh images into containerd
+#   e2e/node.sh tag SRC DST      one more name for a loaded image (tests/e2e_node_chart.rs upgrades to it)
 #   e2e/node.sh status
 #
 # Every address stays on this machine: the apiserver on $NODE_IP, the pods' gateway on the bridge
@@ -317,6 +319,21 @@ wait_until() { # what seconds command...
   done
 }
 
+# Whether this machine can run the node at all; prints why not. Packages that apt can install and
+# binaries that e2e/tools/build.sh builds do not count as missing.
+preflight() {
+  [ "$(uname -s)" = Linux ] || { echo "not Linux"; return 1; }
+  [ "$(id -u)" = 0 ] || { echo "not root (the kubelet, containerd and kube-proxy change host state)"; return 1; }
+  [ -d /sys/fs/cgroup ] && [ -n "$(ls -A /sys/fs/cgroup 2>/dev/null)" ] || { echo "no cgroup filesystem"; return 1; }
+  [ -w /proc/sys/net/ipv4/ip_forward ] || { echo "/proc/sys is read-only (no sysctls for kube-proxy)"; return 1; }
+  command -v ip >/dev/null || { echo "no ip(8) to create the bridge"; return 1; }
+  if ! "$here/tools/node-packages.sh" --check 2>/dev/null && ! command -v apt-get >/dev/null; then
+    echo "node packages missing and no apt-get to install them"; return 1
+  fi
+  [ -c /dev/kmsg ] || [ -e /dev/kmsg ] || { echo "no /dev/kmsg (the kubelet's OOM watcher needs it)"; return 1; }
+  echo "this machine can run the node"
+}
+
 node_ready() {
   [ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
@@ -498,10 +515,12 @@ load_images() {
 case "${1:-}" in
   apiserver-args) apiserver_args ;;
   load) shift; load_images "$@" ;;
+  preflight) preflight ;;
+  tag) alive containerd || { log "no node running in $dir"; exit 1; }; ctr_ images tag --force "$2" "$3" >/dev/null ;;
   api-host) echo "$NODE_IP" ;;
   up) up ;;
   down) down ;;
   snapshot) snapshot ;;
   status) status ;;
-  *) echo "usage: $0 apiserver-args|api-host|up|down|snapshot|load NAME...|status" >&2; exit 2 ;;
+  *) echo "usage: $0 preflight|apiserver-args|api-host|up|down|snapshot|load NAME...|tag SRC DST|status" >&2; exit 2 ;;
 esac

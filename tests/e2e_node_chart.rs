@@ -14,12 +14,16 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use agentid::api::{AgentIdentity, AgentTask, GrantPhase, TaskPhase, ToolGrant};
 use support::*;
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
@@ -173,23 +177,15 @@ async fn helm_installs_two_replicas_whose_webhook_answers_through_the_service() 
     })
     .await;
 
+    // A real agent: the sample agent (examples/sample-agent.rs) runs as a pod with its dedicated
+    // ServiceAccount and a kubelet-projected token, fetches its task token from the broker through the
+    // Service, asks the decision point and calls its tool; once the task completes it is refused.
+    sample_agent_runs_until_its_task_completes(&client, &ns, &agents, ca).await;
+
     // Delete the leader's pod: the other replica takes over, the Deployment replaces the pod.
-    // Admission keeps being asked meanwhile; its failures are counted and printed (the chart has no
-    // preStop delay yet, so a terminating pod can still be an endpoint for a moment).
-    let stream = {
-        let (api, bad) = (agent_deploys.clone(), bad.clone());
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            let until = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < until {
-                match judged(&api, &bad).await {
-                    Ok(()) => ok += 1,
-                    Err(e) => failed.push(e),
-                }
-            }
-            (ok, failed)
-        })
-    };
+    // Admission keeps being asked meanwhile, and must answer every time (the chart's preStop delay keeps
+    // a terminating pod serving until kube-proxy stopped sending it requests).
+    let stream = admission_stream(&agent_deploys, &bad, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
     pods.delete(&first, &DeleteParams::default()).await.unwrap();
@@ -214,4 +210,234 @@ async fn helm_installs_two_replicas_whose_webhook_answers_through_the_service() 
     let (ok, failed) = stream.await.unwrap();
     eprintln!("admission during the failover: {ok} refused as expected, {} failed {:?}", failed.len(), failed.first());
     assert!(ok > 0, "no admission request answered during the failover");
+    assert!(failed.is_empty(), "{} admission requests failed during the failover: {failed:?}", failed.len());
+
+    // Upgrade to a new image tag: the replicas roll one by one, admission answers throughout.
+    let next = format!("{tag}-next");
+    let (from, to) = (format!("agentid.local/agentid:{tag}"), format!("agentid.local/agentid:{next}"));
+    run("e2e/node.sh", &["tag", &from, &to]).unwrap();
+    let stream = admission_stream(&agent_deploys, &bad, Duration::from_secs(40));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    helm_upgrade(&ns, &next);
+    let rolled = started.elapsed();
+    let images: Vec<String> = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=agentid"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .flat_map(|p| p.spec.into_iter().flat_map(|s| s.containers).filter_map(|c| c.image))
+        .collect();
+    assert_eq!(images, vec![to.clone(), to.clone()], "both replicas run the new tag");
+    let (ok, failed) = stream.await.unwrap();
+    eprintln!("helm upgrade --wait to {next}: {rolled:?}; admission meanwhile: {ok} answered, {} failed", failed.len());
+    assert!(failed.is_empty(), "{} admission requests failed during the upgrade: {failed:?}", failed.len());
+}
+
+/// Asks admission again and again for `length`: how many answered as expected, and every failure.
+fn admission_stream(
+    api: &Api<Deployment>,
+    bad: &Deployment,
+    length: Duration,
+) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
+    let (api, bad) = (api.clone(), bad.clone());
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let until = Instant::now() + length;
+        while Instant::now() < until {
+            match judged(&api, &bad).await {
+                Ok(()) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+/// `helm upgrade --reuse-values --wait` to image tag `tag`.
+fn helm_upgrade(ns: &str, tag: &str) {
+    let image_tag = format!("image.tag={tag}");
+    let args = ["upgrade", "agentid", "charts/agentid", "--namespace", ns, "--reuse-values", "--set", &image_tag];
+    run("helm", &[&args[..], &["--wait", "--timeout", "120s"]].concat()).unwrap();
+}
+
+/// The JSON lines the sample agent printed so far.
+fn agent_log(ns: &str) -> Vec<Value> {
+    let out = run("kubectl", &["logs", "-n", ns, "-l", "app=sample-agent", "--tail=-1"]).unwrap_or_default();
+    out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn cluster_ip(svc: &Service) -> String {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).expect("a ClusterIP")
+}
+
+async fn sample_agent_runs_until_its_task_completes(client: &kube::Client, sys_ns: &str, ns: &str, ca: &ByteString) {
+    let tools_ns = namespace(client, "chart-tools").await;
+    // The tool: a plain HTTP server in a namespace agentid does not govern.
+    let tool: Deployment = from_yaml(&format!(
+        r#"
+metadata: {{name: search, namespace: {tools_ns}}}
+spec:
+  selector: {{matchLabels: {{app: search}}}}
+  template:
+    metadata: {{labels: {{app: search}}}}
+    spec:
+      containers:
+      - name: httpd
+        image: agentid.local/testbox:1
+        imagePullPolicy: Never
+        command: [sh, -c, 'echo found > /tmp/index.html && exec httpd -f -p 8080 -h /tmp']
+"#
+    ));
+    Api::<Deployment>::namespaced(client.clone(), &tools_ns).create(&PostParams::default(), &tool).await.unwrap();
+    let svc: Service = from_yaml(&format!(
+        "metadata: {{name: search, namespace: {tools_ns}}}\nspec: {{selector: {{app: search}}, ports: [{{port: 80, targetPort: 8080}}]}}"
+    ));
+    let svc = Api::<Service>::namespaced(client.clone(), &tools_ns).create(&PostParams::default(), &svc).await.unwrap();
+    let tool_ip = cluster_ip(&svc);
+    let agentid_ip = cluster_ip(&Api::<Service>::namespaced(client.clone(), sys_ns).get("agentid").await.unwrap());
+
+    // The agent, its grant and its task.
+    let agents: Api<AgentIdentity> = Api::namespaced(client.clone(), ns);
+    let grants: Api<ToolGrant> = Api::namespaced(client.clone(), ns);
+    let tasks: Api<AgentTask> = Api::namespaced(client.clone(), ns);
+    agents
+        .create(
+            &PostParams::default(),
+            &from_yaml(
+                "apiVersion: agentid.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: sample}\nspec: {owner: team, audiences: [agentid, https://tools.example.com]}",
+            ),
+        )
+        .await
+        .unwrap();
+    grants
+        .create(
+            &PostParams::default(),
+            &from_yaml(&format!(
+                "apiVersion: agentid.dev/v1alpha1\nkind: ToolGrant\nmetadata: {{name: search}}\nspec: {{agentRef: {{name: sample}}, tools: [{{name: search, actions: [query], destinations: ['http://{tool_ip}/'], maxDataSensitivity: internal}}]}}"
+            )),
+        )
+        .await
+        .unwrap();
+    tasks
+        .create(
+            &PostParams::default(),
+            &from_yaml(
+                "apiVersion: agentid.dev/v1alpha1\nkind: AgentTask\nmetadata: {name: lookup}\nspec: {agentRef: {name: sample}, purpose: look something up, audiences: [https://tools.example.com], ttl: 15m}",
+            ),
+        )
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), "the task and the grant Active", || async {
+        let t = tasks.get("lookup").await.ok()?.status?.phase?;
+        let g = grants.get("search").await.ok()?.status?.phase?;
+        (t == TaskPhase::Active && g == GrantPhase::Active).then_some(())
+    })
+    .await;
+    // How the agent trusts agentid's certificate: its CA, published to the agent's namespace.
+    let ca_text = String::from_utf8(ca.0.clone()).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "agentid-ca"}, "data": {"ca.crt": ca_text}})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await.unwrap();
+
+    let version = env!("CARGO_PKG_VERSION");
+    let deployment: Deployment = from_yaml(&format!(
+        r#"
+metadata: {{name: sample-agent, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: sample-agent}}}}
+  template:
+    metadata: {{labels: {{app: sample-agent, agentid.dev/agent: sample}}}}
+    spec:
+      serviceAccountName: agent-sample
+      automountServiceAccountToken: false
+      containers:
+      - name: agent
+        image: agentid.local/sample-agent:{version}
+        imagePullPolicy: Never
+        securityContext: {{readOnlyRootFilesystem: true, runAsNonRoot: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+        env:
+        - {{name: AGENTID_BROKER_ADDR, value: "{agentid_ip}:8444"}}
+        - {{name: AGENTID_PDP_ADDR, value: "{agentid_ip}:8445"}}
+        - {{name: AGENTID_SERVER_NAME, value: agentid.{sys_ns}.svc}}
+        - {{name: AGENTID_TASK, value: {ns}/lookup}}
+        - {{name: TOOL, value: search}}
+        - {{name: ACTION, value: query}}
+        - {{name: DESTINATION, value: "http://{tool_ip}/"}}
+        - {{name: TOOL_ADDR, value: "{tool_ip}:80"}}
+        - {{name: INTERVAL_MS, value: "500"}}
+        volumeMounts:
+        - {{name: token, mountPath: /var/run/agentid, readOnly: true}}
+        - {{name: ca, mountPath: /etc/agentid-ca, readOnly: true}}
+      volumes:
+      - name: token
+        projected:
+          sources:
+          - serviceAccountToken: {{audience: agentid, expirationSeconds: 600, path: token}}
+      - name: ca
+        configMap: {{name: agentid-ca}}
+"#
+    ));
+    // Admitted by the enforcing webhook (the ServiceAccount exists once the agent is reconciled).
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait_until(Duration::from_secs(30), "the sample agent admitted", || async {
+        match deploys.create(&PostParams::default(), &deployment).await {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Some(()),
+            Err(e) => {
+                eprintln!("sample agent not admitted yet: {e}");
+                None
+            }
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let called = wait_until(Duration::from_secs(60), "the agent to call its tool", || async {
+        let log = agent_log(ns);
+        log.iter().any(|l| l["step"] == "tool" && l["status"] == 200).then_some(log)
+    })
+    .await;
+    eprintln!("sample agent: first allowed tool call {:?} after its Deployment was admitted", started.elapsed());
+    assert!(called.iter().any(|l| l["step"] == "decision" && l["decision"] == true), "{called:?}");
+    assert!(called.iter().any(|l| l["step"] == "task-token" && l["status"] == 200), "{called:?}");
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("app=sample-agent"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("agent-sample"), "the agent's dedicated account");
+    assert!(
+        spec.volumes.iter().flatten().all(|v| v.secret.is_none())
+            && spec.automount_service_account_token == Some(false),
+        "no long-lived token in the pod"
+    );
+
+    // The task ends: the agent's next question is refused and it gets no new task token.
+    let before = agent_log(ns).len();
+    let done = json!({"spec": {"completed": true}});
+    tasks.patch("lookup", &PatchParams::default(), &Patch::Merge(&done)).await.unwrap();
+    let completed = Instant::now();
+    let after = wait_until(Duration::from_secs(30), "the agent to be refused", || async {
+        let log = agent_log(ns);
+        let fresh = log[before.min(log.len())..].to_vec();
+        let refused = fresh.iter().any(|l| l["step"] == "decision" && l["decision"] == false);
+        let no_token = fresh.iter().any(|l| l["step"] == "task-token" && l["status"] == 409);
+        (refused && no_token).then_some(fresh)
+    })
+    .await;
+    eprintln!("sample agent: refused {:?} after the task completed", completed.elapsed());
+    // Once refused, never allowed again.
+    let first_refusal = after.iter().position(|l| l["step"] == "decision" && l["decision"] == false).unwrap();
+    assert!(
+        after[first_refusal..].iter().all(|l| !(l["step"] == "tool" || l["decision"] == true)),
+        "a call went through after the refusal: {after:?}"
+    );
+    // Tokens never reach the log.
+    let raw = run("kubectl", &["logs", "-n", ns, "-l", "app=sample-agent", "--tail=-1"]).unwrap_or_default();
+    assert!(!raw.contains("eyJ"), "a token in the agent's log");
+    deploys.delete("sample-agent", &DeleteParams::default()).await.unwrap();
 }

@@ -9,6 +9,8 @@
 #   e2e/tools/image.sh agentid   target/release/agentid, uid 65532, no shell, CA certificates, only the
 #                                libraries `ldd` lists (the Dockerfile makes the same layout)
 #                                -> agentid.local/agentid:<Cargo version>
+#   e2e/tools/image.sh sample-agent   target/release/examples/sample-agent, the same layout
+#                                -> agentid.local/sample-agent:<Cargo version>
 #   e2e/tools/image.sh load NAME... [--address SOCK]   import the tars into containerd (namespace k8s.io)
 #   e2e/tools/image.sh ref NAME   print the image reference
 #
@@ -29,6 +31,7 @@ ref() {
     pause) echo agentid.local/pause:1 ;;
     testbox) echo agentid.local/testbox:1 ;;
     agentid) echo "agentid.local/agentid:$(agentid_version)" ;;
+    sample-agent) echo "agentid.local/sample-agent:$(agentid_version)" ;;
     *) log "unknown image $1"; exit 2 ;;
   esac
 }
@@ -101,15 +104,14 @@ build_testbox() {
   rm -rf "$fs"; done_inputs testbox
 }
 
-build_agentid() {
-  local exe="$root/target/release/agentid"
-  [ -x "$exe" ] || { log "missing $exe: cargo build --release --locked (make build)"; exit 1; }
-  fresh agentid "$exe" && return
+# A glibc-dynamic Rust binary on its own: the loader and the libraries at the paths `ldd` names, CA
+# certificates, passwd/group naming uid 65532 (no shell exists). name exe path-in-image
+build_rust() {
+  local name=$1 exe=$2 dest=$3
+  fresh "$name" "$exe" && return
   local fs; fs=$(mktemp -d); chmod 0755 "$fs"
-  # The same layout as the Dockerfile: /usr/local/bin/agentid, the loader and the libraries at
-  # the paths `ldd` names, CA certificates, passwd/group naming uid 65532 (no shell exists).
-  mkdir -p "$fs/usr/local/bin" "$fs/etc/ssl/certs" "$fs/tmp"
-  objcopy --strip-all "$exe" "$fs/usr/local/bin/agentid"
+  mkdir -p "$fs$(dirname "$dest")" "$fs/etc/ssl/certs" "$fs/tmp"
+  objcopy --strip-all "$exe" "$fs$dest"
   local lib
   for lib in $(ldd "$exe" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
     mkdir -p "$fs$(dirname "$lib")"
@@ -120,9 +122,23 @@ build_agentid() {
   printf 'root:x:0:\nnonroot:x:65532:\n' > "$fs/etc/group"
   chmod 1777 "$fs/tmp"
   chmod -R go-w "$fs/usr" "$fs/etc"
-  pack "$fs" agentid "$(ref agentid)" --config.user 65532:65532 --config.entrypoint /usr/local/bin/agentid \
+  pack "$fs" "$name" "$(ref "$name")" --config.user 65532:65532 --config.entrypoint "$dest" \
     --config.env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-  rm -rf "$fs"; done_inputs agentid
+  rm -rf "$fs"; done_inputs "$name"
+}
+
+# The same layout as the Dockerfile: /usr/local/bin/agentid.
+build_agentid() {
+  local exe="$root/target/release/agentid"
+  [ -x "$exe" ] || { log "missing $exe: cargo build --release --locked (make build)"; exit 1; }
+  build_rust agentid "$exe" /usr/local/bin/agentid
+}
+
+# examples/sample-agent.rs: fetches its task token and asks the decision point before calling its tool.
+build_sample_agent() {
+  local exe="$root/target/release/examples/sample-agent"
+  [ -x "$exe" ] || { log "missing $exe: cargo build --release --locked --example sample-agent"; exit 1; }
+  build_rust sample-agent "$exe" /usr/local/bin/sample-agent
 }
 
 load() { # names... [--address SOCK]
@@ -142,8 +158,9 @@ case "${1:-}" in
   pause) build_pause ;;
   testbox) build_testbox ;;
   agentid) build_agentid ;;
-  all) build_pause; build_testbox; build_agentid ;;
+  sample-agent) build_sample_agent ;;
+  all) build_pause; build_testbox; build_agentid; build_sample_agent ;;
   load) shift; load "$@" ;;
   ref) ref "$2" ;;
-  *) echo "usage: $0 pause|testbox|agentid|all|load NAME...|ref NAME" >&2; exit 2 ;;
+  *) echo "usage: $0 pause|testbox|agentid|sample-agent|all|load NAME...|ref NAME" >&2; exit 2 ;;
 esac
