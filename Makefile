@@ -47,6 +47,7 @@ image: build
 
 ## The main job: local control plane + CRDs + operator + sample agents, then a report
 demo: tools build
+	$(CARGO) build --release --locked --example sample-agent
 	e2e/demo.sh
 
 demo-down: cluster-down
