@@ -25,8 +25,8 @@ listen_ip=127.0.0.1
 if [ "$AGENTID_NODE" = 1 ]; then listen_ip=$(e2e/node.sh api-host); fi
 
 say "installing the CRDs"
-kubectl apply --server-side --field-manager=agentid-demo -f crds/
-kubectl wait --for condition=Established --timeout=30s -f crds/ >/dev/null
+kubectl apply --server-side --field-manager=agentid-demo -R -f crds/
+kubectl wait --for condition=Established --timeout=30s -R -f crds/ >/dev/null
 
 say "starting the operator (logs: $dir/logs/agentid.log)"
 if [ -f "$dir/pids/agentid" ] && kill -0 "$(cat "$dir/pids/agentid")" 2>/dev/null; then
