@@ -594,11 +594,8 @@ mod tests {
         assert_eq!(e.line, Some(3), "{e:?}");
         assert!(e.message.contains("nested more than 1000 deep"), "{e:?}");
         // Brackets that close, and text with brackets, are fine.
-        let fine = format!(
-            "kind: ConfigMap\ndata:\n  x: '{}'\n  y: {}\n",
-            "[".repeat(900),
-            format!("[{}]", vec!["[1, [2, {a: [3]}]]"; 500].join(", "))
-        );
+        let nested = vec!["[1, [2, {a: [3]}]]"; 500].join(", ");
+        let fine = format!("kind: ConfigMap\ndata:\n  x: '{}'\n  y: [{nested}]\n", "[".repeat(900));
         assert!(parse_document("fine.yaml", 1, &fine).is_ok());
         assert_eq!(flow_nesting_beyond("[[]]\n[[[", 2), Some(2));
         assert_eq!(flow_nesting_beyond("]]]][[", 2), None, "closing brackets never go below zero");
