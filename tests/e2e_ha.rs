@@ -75,17 +75,24 @@ async fn ready(agents: &Api<AgentIdentity>, name: &str) {
     .await
 }
 
-#[tokio::test]
-async fn only_the_leader_reconciles_and_a_follower_takes_over() {
-    let env = env("ha").await;
+/// Two replicas in `env`'s namespace, once one leads and has made agent `one` Ready: the replicas, the
+/// leader's index, and the Lease and AgentIdentity APIs.
+async fn two_replicas_one_leading(env: &TestEnv) -> (Vec<Replica>, usize, Api<Lease>, Api<AgentIdentity>) {
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
     let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
-    let mut replicas = vec![spawn("replica-a", &env.ns), spawn("replica-b", &env.ns)];
-
+    let replicas = vec![spawn("replica-a", &env.ns), spawn("replica-b", &env.ns)];
     let first = wait_until(Duration::from_secs(30), "a leader", || async { holder(&leases).await }).await;
     create_agent(&agents, "one").await;
     ready(&agents, "one").await;
-    let (leader_idx, follower_idx) = if replicas[0].name == first { (0, 1) } else { (1, 0) };
+    let leader_idx = if replicas[0].name == first { 0 } else { 1 };
+    (replicas, leader_idx, leases, agents)
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_follower_takes_over() {
+    let env = env("ha").await;
+    let (mut replicas, leader_idx, leases, agents) = two_replicas_one_leading(&env).await;
+    let follower_idx = 1 - leader_idx;
     // The Ready status is written inside the reconcile, which is counted once it returns: wait for the count.
     wait_until(Duration::from_secs(10), "the leader counts its reconcile", || async {
         (reconciles(&replicas[leader_idx]).await > 0).then_some(())
@@ -131,13 +138,7 @@ fn terminate(child: &mut std::process::Child, within: Duration) -> Option<(std::
 #[tokio::test]
 async fn sigterm_hands_leadership_over_at_once_and_stops_a_waiting_follower() {
     let env = env("ha-term").await;
-    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
-    let agents: Api<AgentIdentity> = Api::namespaced(env.client.clone(), &env.ns);
-    let mut replicas = vec![spawn("replica-a", &env.ns), spawn("replica-b", &env.ns)];
-    let first = wait_until(Duration::from_secs(30), "a leader", || async { holder(&leases).await }).await;
-    create_agent(&agents, "one").await;
-    ready(&agents, "one").await;
-    let leader_idx = if replicas[0].name == first { 0 } else { 1 };
+    let (mut replicas, leader_idx, leases, agents) = two_replicas_one_leading(&env).await;
 
     // The leader stops cleanly and releases the Lease: the follower leads well before the Lease (10 s)
     // would have run out.

@@ -14,13 +14,7 @@ find_chromium() { command -v chromium 2>/dev/null || command -v chromium-browser
 
 c=$(find_chromium)
 if [ -z "$c" ]; then
-  command -v apt-get >/dev/null || die "chromium is not installed and there is no apt-get to install it with"
-  [ "$(id -u)" = 0 ] || die "chromium is not installed and installing it needs root (apt-get install chromium)"
-  export DEBIAN_FRONTEND=noninteractive
-  log "chromium not found; apt-get update"
-  apt-get update -qq >&2 || die "apt-get update failed"
-  log "installing chromium (headless use only)"
-  apt-get install -y -qq --no-install-recommends chromium >&2 || die "apt-get install chromium failed"
+  "$(dirname "$0")/apt-install.sh" chromium
   c=$(find_chromium)
   [ -n "$c" ] || die "installed chromium but found no chromium binary on PATH"
 fi

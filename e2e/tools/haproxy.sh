@@ -30,23 +30,7 @@ check_version() { # haproxy: the configuration needs 2.0 or later (`retry-on`, `
 
 haproxy=$(find_haproxy || true)
 if [ -z "$haproxy" ]; then
-  command -v apt-get >/dev/null || die "haproxy is not installed and there is no apt-get to install it with"
-  [ "$(id -u)" = 0 ] || die "haproxy is not installed and installing it needs root (apt-get install haproxy)"
-  export DEBIAN_FRONTEND=noninteractive
-  log "haproxy not found; apt-get update"
-  apt-get update -qq >&2 || die "apt-get update failed"
-  log "installing haproxy"
-  # Keep the package's maintainer scripts from starting the distribution's haproxy: the tests run
-  # their own. A policy-rc.d that is already there is left alone.
-  policy=/usr/sbin/policy-rc.d own_policy=
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
-  fi
-  rc=0
-  apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef \
-    -o Dpkg::Options::=--force-confold haproxy >&2 || rc=$?
-  [ -z "$own_policy" ] || rm -f "$policy"
-  [ "$rc" = 0 ] || die "apt-get install haproxy failed (exit $rc)"
+  "$(dirname "$0")/apt-install.sh" haproxy
   haproxy=$(find_haproxy || true)
   [ -n "$haproxy" ] || die "installed haproxy but found no haproxy binary on PATH or at /usr/sbin/haproxy"
 fi

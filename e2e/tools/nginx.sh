@@ -27,28 +27,13 @@ check_modules() { # nginx: it must have auth_request and SSL (the decision point
 
 nginx=$(find_nginx || true)
 if [ -z "$nginx" ]; then
-  command -v apt-get >/dev/null || die "nginx is not installed and there is no apt-get to install it with"
-  [ "$(id -u)" = 0 ] || die "nginx is not installed and installing it needs root (apt-get install nginx-light)"
-  export DEBIAN_FRONTEND=noninteractive
-  log "nginx not found; apt-get update"
-  apt-get update -qq >&2 || die "apt-get update failed"
+  # nginx-light where this Debian has it, else nginx.
   pkg=nginx-light
   candidate=$(apt-cache policy nginx-light 2>/dev/null | sed -n 's/^ *Candidate: *//p')
   if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
     pkg=nginx
   fi
-  log "installing $pkg"
-  # Keep the package's maintainer scripts from starting the distribution's nginx (port 80): the tests
-  # run their own. A policy-rc.d that is already there is left alone.
-  policy=/usr/sbin/policy-rc.d own_policy=
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
-  fi
-  rc=0
-  apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef \
-    -o Dpkg::Options::=--force-confold "$pkg" >&2 || rc=$?
-  [ -z "$own_policy" ] || rm -f "$policy"
-  [ "$rc" = 0 ] || die "apt-get install $pkg failed (exit $rc)"
+  "$(dirname "$0")/apt-install.sh" "$pkg"
   nginx=$(find_nginx || true)
   [ -n "$nginx" ] || die "installed $pkg but found no nginx binary on PATH or at /usr/sbin/nginx"
 fi
