@@ -30,18 +30,7 @@ const TOKEN: &str = "ghp_R8x2Lq9ZkV4mN7pW3sT6yB1cD5fG0hJ2kL4m";
 async fn install_report_crd(client: &Client) {
     let crd: CustomResourceDefinition =
         from_yaml(include_str!("../crds/policyreports/wgpolicyk8s.io_policyreports.yaml"));
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.metadata.name.clone().unwrap();
-    api.patch(&name, &PatchParams::apply("agentid-tests").force(), &Patch::Apply(&crd)).await.unwrap();
-    wait_until(Duration::from_secs(30), "PolicyReport CRD established", || {
-        let api = api.clone();
-        let name = name.clone();
-        async move {
-            let crd = api.get(&name).await.ok()?;
-            crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-        }
-    })
-    .await;
+    support::apply_crd(client, &crd).await;
 }
 
 async fn label(client: &Client, ns: &str, scope: &str, mode: Option<&str>) {

@@ -8,8 +8,8 @@ use agentid::api::{AgentIdentity, AgentTask, ToolGrant};
 use agentid::core::admission::exceptions::ExceptionSet;
 use agentid::core::admission::offline::{self, Document};
 use agentid::core::admission::rules::StaticDirectory;
-use agentid::core::pdp::caller::{self, Caller};
-use agentid::core::pdp::decide::{DecisionRequest, MemoryUsage};
+use agentid::core::pdp::caller::Caller;
+use agentid::core::pdp::decide::MemoryUsage;
 use agentid::core::pdp::{Snapshot, decide};
 use agentid::pdp::Question;
 use k8s_openapi::jiff::Timestamp;
@@ -120,22 +120,7 @@ pub fn caller(task: Option<&str>) -> Caller {
 /// What the decision point does with a decoded question once the caller is identified
 /// (`PdpState::decide` without the token verification and the cross-replica budgets).
 pub fn decide_question(q: &Question, bound_task: Option<&str>) {
-    let caller = caller(bound_task);
-    if caller::check_claims(&caller, q.subject.as_deref(), q.task.as_deref()).is_err() {
-        return;
-    }
-    let req = DecisionRequest {
-        namespace: caller.namespace.clone(),
-        agent: caller.agent.clone(),
-        agent_uid: Some(caller.agent_uid.clone()),
-        task: caller.task.clone().or_else(|| q.task.clone()),
-        tool: q.tool.clone(),
-        action: q.action.clone(),
-        destination: q.destination.clone(),
-        sensitivity: q.sensitivity,
-        method: q.method.clone(),
-        argument_names: q.argument_names.clone(),
-    };
+    let Ok(req) = q.request_for(&caller(bound_task)) else { return };
     let d = decide(&req, &SNAPSHOT, &MemoryUsage::default(), now(), &Default::default());
     let _ = serde_json::to_string(&d.reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>());
 }

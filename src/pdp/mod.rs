@@ -81,6 +81,26 @@ pub struct Question {
     pub subject: Option<String>,
 }
 
+impl Question {
+    /// What the identified `caller` asks: the agent and task its credential names, the tool and call of
+    /// the question. Refused when the question claims another agent or task than the credential.
+    pub fn request_for(&self, caller: &Caller) -> Result<DecisionRequest, String> {
+        caller::check_claims(caller, self.subject.as_deref(), self.task.as_deref())?;
+        Ok(DecisionRequest {
+            namespace: caller.namespace.clone(),
+            agent: caller.agent.clone(),
+            agent_uid: Some(caller.agent_uid.clone()),
+            task: caller.task.clone().or_else(|| self.task.clone()),
+            tool: self.tool.clone(),
+            action: self.action.clone(),
+            destination: self.destination.clone(),
+            sensitivity: self.sensitivity,
+            method: self.method.clone(),
+            argument_names: self.argument_names.clone(),
+        })
+    }
+}
+
 /// A decision with its id, as the interfaces return it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -261,20 +281,9 @@ impl PdpState {
             Ok(c) => c,
             Err(e) => return (Decision::deny(ReasonCode::Unauthenticated, e), None),
         };
-        if let Err(e) = caller::check_claims(&caller, q.subject.as_deref(), q.task.as_deref()) {
-            return (Decision::deny(ReasonCode::BadRequest, e), Some(caller));
-        }
-        let req = DecisionRequest {
-            namespace: caller.namespace.clone(),
-            agent: caller.agent.clone(),
-            agent_uid: Some(caller.agent_uid.clone()),
-            task: caller.task.clone().or_else(|| q.task.clone()),
-            tool: q.tool.clone(),
-            action: q.action.clone(),
-            destination: q.destination.clone(),
-            sensitivity: q.sensitivity,
-            method: q.method.clone(),
-            argument_names: q.argument_names.clone(),
+        let req = match q.request_for(&caller) {
+            Ok(req) => req,
+            Err(e) => return (Decision::deny(ReasonCode::BadRequest, e), Some(caller)),
         };
         let now = Timestamp::now();
         // One read of the snapshot for the decision and the limits an allowed call spends from.

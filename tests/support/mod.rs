@@ -39,19 +39,24 @@ pub async fn client() -> Client {
 /// Installs (server-side applies) the CRDs once per test binary and waits until they are served.
 pub async fn install_crds(client: &Client) {
     CRDS.get_or_init(|| async {
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in agentid::api::crds() {
-            let name = crd.metadata.name.clone().unwrap();
-            api.patch(&name, &PatchParams::apply("agentid-tests").force(), &Patch::Apply(&crd)).await.unwrap();
-            wait_until(Duration::from_secs(30), "CRD established", || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    let crd = api.get(&name).await.ok()?;
-                    crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-                }
-            })
-            .await;
+            apply_crd(client, &crd).await;
+        }
+    })
+    .await;
+}
+
+/// Server-side applies `crd` and waits until the apiserver serves it (Established).
+pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap();
+    api.patch(&name, &PatchParams::apply("agentid-tests").force(), &Patch::Apply(crd)).await.unwrap();
+    wait_until(Duration::from_secs(30), &format!("CRD {name} established"), || {
+        let api = api.clone();
+        let name = name.clone();
+        async move {
+            let crd = api.get(&name).await.ok()?;
+            crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
         }
     })
     .await;
