@@ -16,6 +16,7 @@ mkdir -p "$root/.cache"
 : > "$results"
 cleanup() {
   local rc=$?
+  [ -z "${rotation_pid:-}" ] || kill "$rotation_pid" 2>/dev/null || true
   e2e/cluster.sh down || true
   if [ $rc -ne 0 ]; then
     echo "== tests failed; control-plane logs kept in $AGENTID_CLUSTER_DIR/logs" >&2
@@ -58,6 +59,19 @@ echo "== nginx for tests/e2e_nginx.rs: $(e2e/tools/nginx.sh)"
 AGENTID_HAPROXY=$(e2e/tools/haproxy.sh); export AGENTID_HAPROXY; echo "== haproxy for tests/e2e_lb.rs: $AGENTID_HAPROXY"
 AGENTID_CHROMIUM=$(e2e/tools/chromium.sh); export AGENTID_CHROMIUM
 echo "== chromium for tests/e2e_report_html.rs: $AGENTID_CHROMIUM"
+rotation_pid=
+if [ "$AGENTID_NODE" = 1 ]; then
+  echo "== the agentid and sample-agent images from the release build, loaded into the node (make image)"
+  cargo build --release --locked --bin agentid --example sample-agent
+  e2e/node.sh load agentid sample-agent
+  # The kubelet rotates projected tokens only after 80 % of their lifetime (at least 600 s): this test
+  # waits about 9 minutes, so it runs in the background, alongside the suites below.
+  rotation_bin=$(cargo test --locked --features e2e --test e2e_token_rotation --no-run --message-format=json \
+    | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][0])')
+  echo "== in the background: the kubelet's rotation of an agent's token (tests/e2e_token_rotation.rs, ~9 min)"
+  "$rotation_bin" --ignored > "$root/.cache/e2e-rotation.log" 2>&1 &
+  rotation_pid=$!
+fi
 echo "== integration tests against the real kube-apiserver"
 set +e
 cargo test --locked --no-fail-fast --features e2e --test 'e2e_*' --test threats -- --test-threads=4 2>&1 | tee "$results"
@@ -65,15 +79,29 @@ status=${PIPESTATUS[0]}
 set -e
 if [ "$AGENTID_NODE" = 1 ]; then
   # Also after failures above: what the node shows is worth knowing either way.
-  echo "== the agentid and sample-agent images from the release build, loaded into the node (make image)"
-  cargo build --release --locked --bin agentid --example sample-agent
-  e2e/node.sh load agentid sample-agent
   echo "== tests that need the node (tests/e2e_node*.rs, run with --ignored)"
   set +e
   cargo test --locked --no-fail-fast --features e2e --test 'e2e_node*' -- --ignored 2>&1 | tee -a "$results"
   node_status=${PIPESTATUS[0]}
   set -e
   [ "$node_status" = 0 ] || status=$node_status
+  # The suites of what users install (admission, grants, tasks, task tokens, decisions) once more, now
+  # against agentid installed by its chart (2 replicas, webhook through the Service, the chart's RBAC)
+  # instead of an in-process operator: tests/support/mod.rs (AGENTID_E2E_CHART). One test at a time, so
+  # the metrics a test reads are the growth during that test.
+  echo "== the admission, grant, task, token and decision suites against agentid installed by its chart"
+  set +e
+  e2e/chart-suites.sh 2>&1 | tee -a "$results"
+  chart_status=${PIPESTATUS[0]}
+  set -e
+  [ "$chart_status" = 0 ] || status=$chart_status
+  echo "== the kubelet's rotation of an agent's token (started in the background above)"
+  set +e
+  wait "$rotation_pid"
+  rotation_status=$?
+  set -e
+  tee -a "$results" < "$root/.cache/e2e-rotation.log"
+  [ "$rotation_status" = 0 ] || status=$rotation_status
 else
   echo "== NOT RUN: the tests that need a real node (tests/e2e_node*.rs, listed as ignored above): $no_node_reason" >&2
 fi

@@ -8,8 +8,9 @@
 //! 4. Calls the tool (plain HTTP here) only when allowed; when refused, drops the task token, so the
 //!    next round asks the broker again (which refuses a completed task).
 //!
-//! Each step prints one JSON line to standard output; never a token (only its length). Built into the
-//! image `agentid.local/sample-agent` by `e2e/tools/image.sh sample-agent` for tests/e2e_node_agent.rs and
+//! Each step prints one JSON line to standard output; never a token (only its length, and when its own
+//! was issued and expires). Built into the image `agentid.local/sample-agent` by
+//! `e2e/tools/image.sh sample-agent` for tests/e2e_node_chart.rs, tests/e2e_token_rotation.rs and
 //! `make demo`; configured by environment variables (see `Config::from_env`). There is no cluster DNS
 //! on the test node, so addresses are `IP:port` and the TLS name is given separately.
 //!
@@ -107,6 +108,18 @@ async fn https(
     exchange(stream, "POST", path, Some(bearer), body).await
 }
 
+/// The `iat` and `exp` claims of a JWT (its payload decoded, the signature not checked: the broker does).
+fn issued_and_expires(jwt: &str) -> (Value, Value) {
+    use base64::Engine;
+    let claims: Value = jwt
+        .split('.')
+        .nth(1)
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .unwrap_or(Value::Null);
+    (claims["iat"].clone(), claims["exp"].clone())
+}
+
 fn say(line: Value) {
     println!("{line}");
 }
@@ -117,6 +130,9 @@ async fn round(tls: &tokio_rustls::TlsConnector, cfg: &Config, task_token: &mut 
     if task_token.is_none() {
         // Read every time: the kubelet rotates the projected token in place.
         let own = std::fs::read_to_string(&cfg.token_file).map_err(|e| format!("{}: {e}", cfg.token_file))?;
+        // When it was issued and expires (claims, not the token): shows the kubelet's rotation in the log.
+        let (iat, exp) = issued_and_expires(own.trim());
+        say(json!({"step": "own-token", "iat": iat, "exp": exp}));
         let path = format!("/v1/tasks/{}/{}/token", cfg.task.0, cfg.task.1);
         let (status, body) = https(tls, cfg, cfg.broker, &path, own.trim(), "").await?;
         let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);

@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -42,7 +42,7 @@ use crate::core::policyreport::{
     DIGEST_ANNOTATION, Governance, REPORT_SELECTOR, ReportApi, report, report_name, scan_object,
 };
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
-use crate::webhook::StoreDirectory;
+use crate::webhook::agents::LiveDirectory;
 
 /// Field manager of every report write.
 pub const FIELD_MANAGER: &str = "agentid-scan";
@@ -532,32 +532,19 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (store, writer) = reflector::store();
-    let scanner = Arc::new(Scanner::new(
-        client,
-        config.clone(),
-        Arc::new(StoreDirectory(store.clone())),
-        exceptions,
-        metrics.scan.clone(),
-    ));
+    let agents = Arc::new(LiveDirectory::default());
+    let scanner = Arc::new(Scanner::new(client, config.clone(), agents.clone(), exceptions, metrics.scan.clone()));
     // AgentIdentity changes (added, changed, status, deleted) trigger a rescan; the initial list does not.
     let agents_watch = {
-        let scanner = scanner.clone();
+        let (scanner, agents) = (scanner.clone(), agents.clone());
+        let mut changes = agents.subscribe();
         async move {
-            let stream = watcher(agents_api, watcher::Config::default())
-                .backoff(crate::controller::watch_backoff())
-                .modify(|a| {
-                    a.metadata.managed_fields = None;
-                });
-            let stream = reflector(writer, stream);
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => scanner.trigger(),
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "background scan: AgentIdentity watch error (retrying)"),
+            let rescan = async move {
+                while changes.changed().await.is_ok() {
+                    scanner.trigger();
                 }
-            }
+            };
+            tokio::join!(agents.watch(agents_api), rescan);
         }
     };
     let reload = {
@@ -574,10 +561,7 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>) {
         async move { scanner.watch_namespaces().await }
     };
     let main = async move {
-        if store.wait_until_ready().await.is_err() {
-            warn!("background scan: AgentIdentity cache never became ready");
-            return;
-        }
+        agents.wait_synced().await;
         info!(interval = ?config.interval, api = %config.report_api.api_version(), "background scan started");
         scanner.run_loop().await;
     };

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{error, info, warn};
 
@@ -23,7 +21,7 @@ use crate::probes::{self, Readiness};
 use crate::server::listener::Limits;
 use crate::server::tls::{CertSource, Files, SelfManaged};
 use crate::server::{self, ExtraListener, ServeConfig};
-use crate::webhook::{self, StoreDirectory, WebhookState};
+use crate::webhook::{self, WebhookState};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -465,28 +463,10 @@ pub async fn serve_webhook(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (store, writer) = reflector::store();
-    // Admission reads only spec and name: drop what only costs memory (~8 KB per agent otherwise).
-    let stream =
-        watcher(agents_api, watcher::Config::default()).backoff(crate::controller::watch_backoff()).modify(|a| {
-            a.metadata.managed_fields = None;
-            if let Some(ann) = a.metadata.annotations.as_mut() {
-                ann.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        });
-    let stream = reflector(writer, stream).applied_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                warn!(error = %e, "AgentIdentity watch error (retrying)");
-            }
-        }
-    });
-    store.wait_until_ready().await.map_err(|e| Error::Config(format!("AgentIdentity cache: {e}")))?;
+    let agents = webhook::agents::start(agents_api).await;
 
     let state = Arc::new(WebhookState::new(
-        Arc::new(StoreDirectory(store)),
+        agents,
         Arc::new(webhook::SubjectAccessReviewer(client.clone())),
         Arc::new(webhook::ApiServiceAccounts(client.clone())),
         load_exceptions(&args.exceptions_file)?,

@@ -1,6 +1,7 @@
 //! The HTTPS admission endpoint: an axum router over the pure admission core,
 //! served with rustls. Every replica serves (no leader needed).
 
+pub mod agents;
 pub mod tokens;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,7 +18,6 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
@@ -28,7 +28,7 @@ use crate::core::admission::identities::{self, ObjectReview};
 use crate::core::admission::registration::{self, Registration};
 use crate::core::admission::review::{self, Judgement};
 use crate::core::admission::review::{AdmissionRequest, AdmissionResponse, ResponseStatus, UserInfo};
-use crate::core::admission::rules::{AgentDirectory, AgentInfo};
+use crate::core::admission::rules::AgentDirectory;
 use crate::core::admission::verdict::{Enforcement, Verdict};
 use crate::core::audit::admission::admission_events;
 use crate::core::ratelimit::TokenBucket;
@@ -394,38 +394,6 @@ fn record(metrics: &Metrics, mode: Enforcement, user: &str, j: &Judgement, took:
     }
     if j.verdict == Verdict::Deny {
         info!(mode = %mode, kind, namespace, name, user, violations = j.violations.len(), "denied");
-    }
-}
-
-/// An [`AgentDirectory`] over the operator's AgentIdentity cache.
-pub struct StoreDirectory(pub Store<AgentIdentity>);
-
-impl AgentDirectory for StoreDirectory {
-    fn agent(&self, namespace: &str, name: &str) -> Option<AgentInfo> {
-        self.0.get(&ObjectRef::new(name).within(namespace)).map(|a| AgentInfo::from_identity(&a))
-    }
-
-    fn agent_of_service_account(&self, namespace: &str, service_account: &str) -> Option<String> {
-        self.0
-            .state()
-            .iter()
-            .find(|a| {
-                a.metadata.namespace.as_deref() == Some(namespace)
-                    && a.service_account_name() == service_account
-                    && a.service_account_in_place()
-            })
-            .and_then(|a| a.metadata.name.clone())
-    }
-
-    fn claimants_of_service_account(&self, namespace: &str, service_account: &str) -> Vec<String> {
-        self.0
-            .state()
-            .iter()
-            .filter(|a| {
-                a.metadata.namespace.as_deref() == Some(namespace) && a.service_account_name() == service_account
-            })
-            .filter_map(|a| a.metadata.name.clone())
-            .collect()
     }
 }
 

@@ -85,10 +85,11 @@ pub async fn env(prefix: &str) -> TestEnv {
     TestEnv { client, ns }
 }
 
-/// The operator's controllers, in-process, watching only `ns`. Aborted on drop.
+/// The operator's controllers, in-process, watching only `ns`. Aborted on drop. Against the chart
+/// install ([`chart_namespace`]) nothing runs in-process: the installed replicas do the work.
 pub struct Operator {
     pub handles: Vec<JoinHandle<()>>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: TestMetrics,
 }
 
 impl Drop for Operator {
@@ -117,6 +118,10 @@ pub fn start_operator_with_trail(
     config: OperatorConfig,
     trail: Option<Arc<agentid::audit::AuditTrail>>,
 ) -> Operator {
+    if let Some(ns) = chart_namespace() {
+        assert!(trail.is_none(), "an audit trail needs the in-process operator");
+        return Operator { handles: vec![], metrics: TestMetrics::of_chart(&ns) };
+    }
     let metrics = Arc::new(Metrics::default());
     let mut ctx = Context::new(client.clone(), config, metrics.clone());
     ctx.audit = trail;
@@ -126,7 +131,46 @@ pub fn start_operator_with_trail(
         tokio::spawn(agentid::controller::toolgrant::run(ctx.clone())),
         tokio::spawn(agentid::controller::task::run(ctx)),
     ];
-    Operator { handles, metrics }
+    Operator { handles, metrics: TestMetrics::InProcess(metrics) }
+}
+
+/// The flags of a test's operator: HTTPS on 127.0.0.1 (the webhook on `port`), registered by URL,
+/// judging namespaces labeled `agentid.dev/test-scope=<scope>`.
+fn test_args(operator_ns: &str, port: u16, name: &str, scope: &str) -> RunArgs {
+    RunArgs {
+        trust_domain: "cluster.local".into(),
+        probe_addr: "127.0.0.1:0".parse().unwrap(),
+        watch_namespace: None,
+        instance: None,
+        operator_namespace: operator_ns.to_string(),
+        service_account: "agentid".into(),
+        no_leader_elect: true,
+        allow_unchecked_grants: false,
+        no_webhook: false,
+        webhook_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        broker_addr: "127.0.0.1:0".parse().unwrap(),
+        webhook_url: Some(format!("https://127.0.0.1:{port}")),
+        webhook_service: "agentid".into(),
+        webhook_configuration: name.to_string(),
+        no_webhook_registration: false,
+        webhook_scope: Some(format!("agentid.dev/test-scope={scope}")),
+        tls_cert_file: None,
+        tls_key_file: None,
+        ca_bundle_file: None,
+        exceptions_file: None,
+        token_audience: "agentid".into(),
+        webhook_client_ca_file: webhook_client_ca(),
+        enforcement_admin_groups: vec!["system:masters".into()],
+        no_enforcement_guard: false,
+        pdp_addr: "127.0.0.1:0".parse().unwrap(),
+        pdp_audience: "agentid-pdp".into(),
+        pdp_default_sensitivity: agentid::api::DataSensitivity::Internal,
+        pdp_client_ca_file: None,
+        pdp_trusted_pep: vec![],
+        pdp_mesh_trust_domain: vec![],
+        audit: Default::default(),
+        scan: Default::default(),
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -169,7 +213,7 @@ pub struct Webhook {
     pub client: Client,
     pub name: String,
     pub scope: String,
-    pub metrics: Arc<Metrics>,
+    pub metrics: TestMetrics,
     pub operator_ns: String,
     /// The task-token broker's address.
     pub addr: std::net::SocketAddr,
@@ -188,44 +232,13 @@ impl Webhook {
 
     /// [`Webhook::start`] with flags changed by `configure`.
     pub async fn start_with(client: &Client, scope: &str, configure: impl FnOnce(&mut RunArgs)) -> Webhook {
+        if let Some(ns) = chart_namespace() {
+            return Self::of_chart(client, scope, &ns, configure).await;
+        }
         let operator_ns = namespace(client, "agentid-op").await;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let name = format!("agentid-test-{scope}");
-        let args = RunArgs {
-            trust_domain: "cluster.local".into(),
-            probe_addr: "127.0.0.1:0".parse().unwrap(),
-            watch_namespace: None,
-            instance: None,
-            operator_namespace: operator_ns.clone(),
-            service_account: "agentid".into(),
-            no_leader_elect: true,
-            allow_unchecked_grants: false,
-            no_webhook: false,
-            webhook_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            broker_addr: "127.0.0.1:0".parse().unwrap(),
-            webhook_url: Some(format!("https://127.0.0.1:{port}")),
-            webhook_service: "agentid".into(),
-            webhook_configuration: name.clone(),
-            no_webhook_registration: false,
-            webhook_scope: Some(format!("agentid.dev/test-scope={scope}")),
-            tls_cert_file: None,
-            tls_key_file: None,
-            ca_bundle_file: None,
-            exceptions_file: None,
-            token_audience: "agentid".into(),
-            webhook_client_ca_file: webhook_client_ca(),
-            enforcement_admin_groups: vec!["system:masters".into()],
-            no_enforcement_guard: false,
-            pdp_addr: "127.0.0.1:0".parse().unwrap(),
-            pdp_audience: "agentid-pdp".into(),
-            pdp_default_sensitivity: agentid::api::DataSensitivity::Internal,
-            pdp_client_ca_file: None,
-            pdp_trusted_pep: vec![],
-            pdp_mesh_trust_domain: vec![],
-            audit: Default::default(),
-            scan: Default::default(),
-        };
-        let mut args = args;
+        let mut args = test_args(&operator_ns, port, &name, scope);
         configure(&mut args);
         let metrics = Arc::new(Metrics::default());
         let ready = Arc::new(Readiness::default());
@@ -250,7 +263,7 @@ impl Webhook {
             client: client.clone(),
             name,
             scope: scope.to_string(),
-            metrics,
+            metrics: TestMetrics::InProcess(metrics),
             operator_ns,
             addr,
             webhook_addr: listening.webhook,
@@ -275,6 +288,9 @@ impl Webhook {
     }
 
     pub async fn stop(self) {
+        if chart_namespace().is_some() {
+            return; // the chart's release registered it and keeps it
+        }
         let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
         api.delete(&self.name, &DeleteParams::default()).await.unwrap();
         use k8s_openapi::api::admissionregistration::v1::{
@@ -482,5 +498,106 @@ pub async fn ensure_service_accounts(client: &Client, ns: &str, names: &[&str]) 
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => panic!("ServiceAccount {ns}/{name}: {e}"),
         }
+    }
+}
+
+/// The namespace of an agentid installed by its Helm chart that the tests run against instead of an
+/// in-process operator (`AGENTID_E2E_CHART=<namespace>`, set by e2e/test.sh with the node, which installs
+/// it with `e2e/node.sh chart`). Unset: the operator runs in-process, as everywhere else.
+pub fn chart_namespace() -> Option<String> {
+    std::env::var("AGENTID_E2E_CHART").ok().filter(|ns| !ns.is_empty())
+}
+
+/// An operator's metrics, as Prometheus text. In-process: its registry. Against the chart install: the
+/// sum over its pods of each series' growth since this handle was made (series that did not change are
+/// left out), so a test sees what happened during it; the chart suites run one test at a time.
+pub enum TestMetrics {
+    InProcess(Arc<Metrics>),
+    Chart { namespace: String, baseline: BTreeMap<String, f64> },
+}
+
+impl TestMetrics {
+    pub fn of_chart(namespace: &str) -> TestMetrics {
+        TestMetrics::Chart { namespace: namespace.to_string(), baseline: chart_series(namespace) }
+    }
+
+    pub fn encode(&self) -> String {
+        match self {
+            TestMetrics::InProcess(m) => m.encode(),
+            TestMetrics::Chart { namespace, baseline } => chart_series(namespace)
+                .into_iter()
+                .filter_map(|(series, v)| {
+                    let delta = v - baseline.get(&series).copied().unwrap_or(0.0);
+                    (delta != 0.0).then(|| format!("{series} {delta}\n"))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Every sample of every agentid pod in `namespace` (`GET /metrics` on the probes port of each pod IP),
+/// summed per series. Blocking: only a few kilobytes from local pods.
+fn chart_series(namespace: &str) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let out = std::process::Command::new("kubectl")
+        .args(["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=agentid"])
+        .args(["--field-selector", "status.phase=Running", "-o", "jsonpath={.items[*].status.podIP}"])
+        .output()
+        .expect("kubectl on PATH");
+    assert!(out.status.success(), "kubectl get pods: {}", String::from_utf8_lossy(&out.stderr));
+    let ips = String::from_utf8(out.stdout).unwrap();
+    assert!(!ips.trim().is_empty(), "no running agentid pod in {namespace}");
+    let mut sum = BTreeMap::new();
+    for ip in ips.split_whitespace() {
+        let addr: std::net::SocketAddr = format!("{ip}:8080").parse().unwrap();
+        let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("metrics of {addr}: {e}"));
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("metrics of {addr}: {text}"));
+        assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "metrics of {addr}: {head}");
+        for line in body.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            if let Some((series, value)) = line.rsplit_once(' ')
+                && let Ok(v) = value.parse::<f64>()
+            {
+                *sum.entry(series.to_string()).or_insert(0.0) += v;
+            }
+        }
+    }
+    sum
+}
+
+impl Webhook {
+    /// The chart install in `namespace` as this test's webhook, broker and decision point: addressed
+    /// through its Service (kube-proxy routes the ClusterIP from this host), registered by the release
+    /// itself. A test that needs other flags than the chart's cannot run against it.
+    async fn of_chart(client: &Client, scope: &str, namespace: &str, configure: impl FnOnce(&mut RunArgs)) -> Webhook {
+        let defaults = test_args(namespace, 0, "agentid", scope);
+        let mut asked = defaults.clone();
+        configure(&mut asked);
+        assert_eq!(
+            format!("{asked:?}"),
+            format!("{defaults:?}"),
+            "this test sets flags of its own: it needs the in-process operator, not the chart install"
+        );
+        use k8s_openapi::api::core::v1::Service;
+        let svc = Api::<Service>::namespaced(client.clone(), namespace).get("agentid").await.unwrap();
+        let ip: std::net::IpAddr =
+            svc.spec.and_then(|s| s.cluster_ip).expect("the agentid Service has a ClusterIP").parse().unwrap();
+        let w = Webhook {
+            client: client.clone(),
+            name: "agentid".into(),
+            scope: scope.to_string(),
+            metrics: TestMetrics::of_chart(namespace),
+            operator_ns: namespace.to_string(),
+            addr: (ip, 8444).into(),
+            webhook_addr: (ip, 443).into(),
+            pdp_addr: (ip, 8445).into(),
+            audit: None,
+        };
+        w.label(namespace, Some("enforce")).await;
+        w
     }
 }

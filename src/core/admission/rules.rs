@@ -193,6 +193,41 @@ impl StaticDirectory {
     }
 }
 
+impl StaticDirectory {
+    /// Adds the agent `info.name` of `namespace`, or replaces it (also under a changed ServiceAccount).
+    pub fn upsert(&mut self, namespace: &str, info: AgentInfo) {
+        self.remove(namespace, &info.name);
+        self.by_sa.entry((namespace.to_string(), info.service_account.clone())).or_default().push(info.name.clone());
+        self.agents.insert((namespace.to_string(), info.name.clone()), info);
+    }
+
+    /// Removes the agent `name` of `namespace`; whether it was there.
+    pub fn remove(&mut self, namespace: &str, name: &str) -> bool {
+        let Some(old) = self.agents.remove(&(namespace.to_string(), name.to_string())) else { return false };
+        let key = (namespace.to_string(), old.service_account);
+        if let Some(names) = self.by_sa.get_mut(&key) {
+            names.retain(|n| n != name);
+            if names.is_empty() {
+                self.by_sa.remove(&key);
+            }
+        }
+        true
+    }
+
+    /// `(namespace, name)` of every agent.
+    pub fn keys(&self) -> impl Iterator<Item = &(String, String)> {
+        self.agents.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+}
+
 impl AgentDirectory for StaticDirectory {
     fn agent(&self, namespace: &str, name: &str) -> Option<AgentInfo> {
         self.agents.get(&(namespace.to_string(), name.to_string())).cloned()
@@ -513,6 +548,45 @@ mod tests {
     fn directory() -> StaticDirectory {
         let agents = [agent("billing", false, "10m"), agent("frozen", true, "10m")];
         StaticDirectory::new(agents.iter(), "default")
+    }
+
+    fn info(name: &str, sa: &str, in_place: bool) -> AgentInfo {
+        AgentInfo {
+            name: name.into(),
+            owner: "team".into(),
+            service_account: sa.into(),
+            suspended: false,
+            token_ttl_secs: 600,
+            in_place,
+        }
+    }
+
+    #[test]
+    fn a_live_directory_follows_changes_of_service_account_and_deletions() {
+        let mut d = StaticDirectory::default();
+        d.upsert("ns", info("a", "agent-a", false));
+        d.upsert("ns", info("b", "agent-a", true));
+        d.upsert("other", info("a", "agent-a", true));
+        assert_eq!(d.len(), 3);
+        // Only the claimant whose ServiceAccount is in place owns it; claimants are per namespace.
+        assert_eq!(d.agent_of_service_account("ns", "agent-a").as_deref(), Some("b"));
+        let mut claimants = d.claimants_of_service_account("ns", "agent-a");
+        claimants.sort();
+        assert_eq!(claimants, ["a", "b"]);
+
+        // A changed ServiceAccount moves the agent in the index; a replaced entry is not listed twice.
+        d.upsert("ns", info("b", "agent-b", true));
+        d.upsert("ns", info("a", "agent-a", true));
+        assert_eq!(d.claimants_of_service_account("ns", "agent-a"), ["a"]);
+        assert_eq!(d.agent_of_service_account("ns", "agent-b").as_deref(), Some("b"));
+        assert_eq!(d.agent("ns", "a").map(|i| i.in_place), Some(true));
+
+        assert!(d.remove("ns", "a"));
+        assert!(!d.remove("ns", "a"), "already gone");
+        assert!(d.claimants_of_service_account("ns", "agent-a").is_empty());
+        assert_eq!(d.agent_of_service_account("other", "agent-a").as_deref(), Some("a"), "another namespace kept");
+        assert_eq!(d.len(), 2);
+        assert!(d.by_sa.values().all(|v| !v.is_empty()), "no empty index entries left behind");
     }
 
     /// A Deployment in namespace `agents` whose pod template spec is `spec` (YAML) with `labels`.
