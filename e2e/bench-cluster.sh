@@ -22,7 +22,9 @@ done
 echo "== source: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
 echo "== building the release binary"
 # With the bench's own features, so that `cargo bench` below reuses this build instead of making another.
-cargo build --release --locked --features e2e
+# AGENTID_BENCH_FEATURES adds cargo features to both (e.g. jemalloc, the allocator experiment).
+features="e2e${AGENTID_BENCH_FEATURES:+,$AGENTID_BENCH_FEATURES}"
+cargo build --release --locked --features "$features"
 
 export AGENTID_CLUSTER_DIR="${AGENTID_BENCH_CLUSTER_DIR:-$root/.cache/bench-cluster}"
 cleanup() {
@@ -46,5 +48,5 @@ target/release/agentid crdgen | kubectl apply --server-side -f -
 kubectl wait --for condition=Established --timeout=60s \
   crd/agentidentities.agentid.dev crd/toolgrants.agentid.dev crd/agenttasks.agentid.dev >/dev/null
 
-echo "== cargo bench --features e2e --bench cluster"
-cargo bench --locked --features e2e --bench cluster
+echo "== cargo bench --features $features --bench cluster"
+cargo bench --locked --features "$features" --bench cluster

@@ -65,10 +65,10 @@ if [ "$AGENTID_NODE" = 1 ]; then
   cargo build --release --locked --bin agentid --example sample-agent
   e2e/node.sh load agentid sample-agent
   # The kubelet rotates projected tokens only after 80 % of their lifetime (at least 600 s): this test
-  # waits about 9 minutes, so it runs in the background, alongside the suites below.
+  # waits about 8 minutes, so it runs in the background, alongside the suites below.
   rotation_bin=$(cargo test --locked --features e2e --test e2e_token_rotation --no-run --message-format=json \
     | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][0])')
-  echo "== in the background: the kubelet's rotation of an agent's token (tests/e2e_token_rotation.rs, ~9 min)"
+  echo "== in the background: the kubelet's rotation of an agent's token (tests/e2e_token_rotation.rs, ~8 min)"
   "$rotation_bin" --ignored > "$root/.cache/e2e-rotation.log" 2>&1 &
   rotation_pid=$!
 fi

@@ -8,6 +8,10 @@ use agentid::api;
 use agentid::cli::run::RunArgs;
 use agentid::telemetry::{self, LogFormat};
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// agentid: runtime identities for AI agents on Kubernetes.
 #[derive(Parser)]
 #[command(name = "agentid", version, about)]
