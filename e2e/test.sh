@@ -67,7 +67,9 @@ if [ "$AGENTID_NODE" = 1 ]; then
   # The kubelet rotates projected tokens only after 80 % of their lifetime (at least 600 s): this test
   # waits about 8 minutes, so it runs in the background, alongside the suites below.
   rotation_bin=$(cargo test --locked --features e2e --test e2e_token_rotation --no-run --message-format=json \
-    | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][0])')
+    | python3 -c 'import json, sys
+print(next(m["executable"] for m in map(json.loads, sys.stdin)
+           if m.get("executable") and m["target"]["name"] == "e2e_token_rotation"))')
   echo "== in the background: the kubelet's rotation of an agent's token (tests/e2e_token_rotation.rs, ~8 min)"
   "$rotation_bin" --ignored > "$root/.cache/e2e-rotation.log" 2>&1 &
   rotation_pid=$!
