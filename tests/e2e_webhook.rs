@@ -322,9 +322,12 @@ async fn running_as_an_agent_needs_use_on_its_identity() {
             {
                 Some(s.message)
             }
-            // The webhook's cache has not seen the agent yet, or the apiserver's RBAC cache the binding.
+            // The webhook's cache has not seen the agent yet, or the apiserver's RBAC cache the binding; with a
+            // node, the apiserver's ServiceAccount admission may not have seen the agent's account yet either.
             Err(kube::Error::Api(s))
-                if s.message.contains("unknown-agent") || s.message.starts_with("pods is forbidden") =>
+                if s.message.contains("unknown-agent")
+                    || s.message.starts_with("pods is forbidden")
+                    || s.message.contains("error looking up service account") =>
             {
                 None
             }
