@@ -143,7 +143,7 @@ impl Default for Metrics {
         );
         registry.register(
             "connections_cut",
-            "Connections closed early, by listener and reason (handshake_failed, handshake_timeout, idle_timeout)",
+            "Connections closed early, by listener and reason (handshake_failed, handshake_timeout, idle_timeout, close_timeout: requests still unanswered 10 s after the connection was asked to close)",
             connections_cut.clone(),
         );
         let access_checks_throttled = Family::<ReasonLabels, Counter>::default();

@@ -236,3 +236,52 @@ async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
     assert!(draining.await.unwrap(), "the drain did not see every connection end");
     assert!(connect_from("127.0.0.1", addr).await.is_err(), "a new connection was accepted while stopping");
 }
+
+/// A client that writes on a connection the server is closing (a request sent just as a stopping replica's
+/// GOAWAY or `Connection: close` is on its way) must not be answered with a TCP reset: a reset can destroy
+/// what the client has not read yet (the GOAWAY that tells it to retry), and its next write then fails
+/// with "broken pipe" (kubernetes/kubernetes#127335). The server closes its side first and keeps reading
+/// until the client closes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_connection_reads_what_the_client_still_sends_instead_of_resetting_it() {
+    use agentid::server::listener::Drain;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let now = Timestamp::now();
+    let (ca, ca_key) = tls::generate_ca(now).unwrap();
+    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
+    let material =
+        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
+    let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
+    let drain = Drain::default();
+    listener.drain = Some(drain.subscribe());
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener.run());
+    let tcp = connect_from("127.0.0.1", addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(&ca.into_bytes())).connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "no answer before the drain");
+
+    let draining = tokio::spawn({
+        let drain = drain.clone();
+        async move { drain.drain(Duration::from_secs(8)).await }
+    });
+    assert!(closed_within(&mut tls, Duration::from_secs(2)).await, "the server did not close its side");
+    // The client had not noticed yet and sends its next request, in two writes (headers, then the rest),
+    // the way an HTTP/2 client writes HEADERS and DATA.
+    let tcp = &mut tls.get_mut().0;
+    for part in [&b"\x17\x03\x03\x00\x20 a request's headers ..."[..], b" and its body"] {
+        tcp.write_all(part).await.expect("the closing server reset the connection");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let end = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await.expect("read");
+    assert!(matches!(end, Ok(0)), "the connection ended with {end:?}, not an orderly close");
+    // Once the client closes too, the connection is done and so is the drain.
+    drop(tls);
+    let drained = tokio::time::timeout(Duration::from_secs(2), draining).await.expect("drain").unwrap();
+    assert!(drained, "the drain did not see the connection end");
+}

@@ -4,7 +4,9 @@
 //! a header-read timeout (slowloris) and an idle timeout. `TCP_NODELAY` is set on every connection:
 //! answers are small and must not wait for delayed ACKs. A [`Drain`] stops them gracefully: no new
 //! connections, GOAWAY on HTTP/2 (no keep-alive on HTTP/1.1) for the open ones, whose requests in flight
-//! are still answered.
+//! are still answered. An idle connection is closed the same way, and every connection, once closed on
+//! this side, keeps reading until its client closes too (see `linger`), so that a request written just
+//! as it closes is refused in a way the client retries, never reset.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -284,7 +286,9 @@ async fn serve_connection(
     });
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(IdleIo { inner: stream, last: last.clone(), started });
+    // The stream comes back here when hyper is done with it, to be closed gently (see `linger`).
+    let (give_back, mut returned) = tokio::sync::oneshot::channel();
+    let io = TokioIo::new(IdleIo { inner: Some(stream), last: last.clone(), started, give_back: Some(give_back) });
     let service = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         if let Some(id) = &peer_identity {
@@ -300,39 +304,91 @@ async fn serve_connection(
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
-    tokio::pin!(conn);
-    let mut drained = false;
+    let mut conn = Box::pin(builder.serve_connection(io, TowerToHyperService::new(service)));
+    // When this side asked the connection to close (drain or idle timeout), and why.
+    let mut closing: Option<Instant> = None;
+    let mut reason = None;
     loop {
-        let now_ms = started.elapsed().as_millis() as u64;
-        let idle_for = Duration::from_millis(now_ms.saturating_sub(last.load(Ordering::Relaxed)));
-        let wait = limits.idle_timeout.saturating_sub(idle_for);
+        let wait = match closing {
+            Some(since) => CLOSE_WITHIN.saturating_sub(since.elapsed()),
+            None => {
+                let now_ms = started.elapsed().as_millis() as u64;
+                let idle_for = Duration::from_millis(now_ms.saturating_sub(last.load(Ordering::Relaxed)));
+                limits.idle_timeout.saturating_sub(idle_for)
+            }
+        };
         if wait.is_zero() {
-            return Some("idle_timeout");
+            if closing.is_some() {
+                // Requests still unanswered after CLOSE_WITHIN: given up on.
+                reason = Some("close_timeout");
+                break;
+            }
+            // Idle: closed the way a drain closes (GOAWAY first), so a request the client sends at this
+            // very moment is refused in a way it may retry, not lost with the connection.
+            conn.as_mut().graceful_shutdown();
+            closing = Some(Instant::now());
+            reason = Some("idle_timeout");
+            continue;
         }
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     debug!(%peer, error = %e, "connection ended with an error");
                 }
-                return None;
+                break;
             }
             _ = tokio::time::sleep(wait) => {}
-            _ = draining(&mut drain), if !drained => {
+            _ = draining(&mut drain), if closing.is_none() => {
                 // Requests in flight are still answered; the client opens its next connection elsewhere.
                 conn.as_mut().graceful_shutdown();
-                drained = true;
+                closing = Some(Instant::now());
             }
         }
     }
+    drop(conn);
+    if let Ok(stream) = returned.try_recv() {
+        linger(stream).await;
+    }
+    reason
+}
+
+/// How long a connection asked to close (drain, idle timeout) may take to answer what is in flight.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a closed connection keeps reading (and discarding) what the client still sends.
+const LINGER: Duration = Duration::from_secs(3);
+
+/// Closes a connection hyper is done with the way a server must when its client may still be writing:
+/// TLS close_notify and FIN first, then reading and discarding until the client closes too, for at most
+/// [`LINGER`]. Closing the socket at once instead makes the kernel answer whatever the client sent in
+/// the meantime with a reset, which can destroy the HTTP/2 GOAWAY still unread in the client's buffer:
+/// a request the client wrote just as the connection closed then fails with "broken pipe" or
+/// "connection reset" (which the apiserver does not retry) instead of being refused by the GOAWAY
+/// (which it does retry, on another connection). kubernetes/kubernetes#127335 is this race.
+async fn linger(mut tls: tokio_rustls::server::TlsStream<TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, async move {
+        let _ = tls.shutdown().await;
+        let (mut tcp, _) = tls.into_inner();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// An I/O stream that records when it last moved bytes.
+/// Hands the stream back through `give_back` when dropped.
 struct IdleIo<T> {
-    inner: T,
+    /// Always `Some` until dropped.
+    inner: Option<T>,
     /// Milliseconds after `started` of the last read or write.
     last: Arc<AtomicU64>,
     started: Instant,
+    give_back: Option<tokio::sync::oneshot::Sender<T>>,
 }
 
 impl<T> IdleIo<T> {
@@ -341,10 +397,23 @@ impl<T> IdleIo<T> {
     }
 }
 
+impl<T> Drop for IdleIo<T> {
+    fn drop(&mut self) {
+        if let (Some(io), Some(tx)) = (self.inner.take(), self.give_back.take()) {
+            let _ = tx.send(io);
+        }
+    }
+}
+
+/// `inner` of an [`IdleIo`], pinned; an error if it was already handed back (it never is while polled).
+fn pinned<T: Unpin>(inner: &mut Option<T>) -> std::io::Result<Pin<&mut T>> {
+    inner.as_mut().map(Pin::new).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let res = pinned(&mut self.inner)?.poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.touch();
         }
@@ -354,7 +423,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        let res = pinned(&mut self.inner)?.poll_write(cx, data);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }
@@ -366,7 +435,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let res = pinned(&mut self.inner)?.poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }
@@ -374,15 +443,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        pinned(&mut self.inner)?.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        pinned(&mut self.inner)?.poll_shutdown(cx)
     }
 }
 
