@@ -53,7 +53,10 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
     // decide
     let plan = identity::plan(&agent, existing.as_ref(), &ctx.config.trust_domain, Timestamp::now())?;
     // apply
-    let mut requeue = Duration::from_secs(30 * 60);
+    // Every input of the plan is watched (the agent, and the ServiceAccounts agentid labelled as its own, whose
+    // change, deletion or loss of the label wakes the agent), so a settled agent waits for a change: no periodic
+    // resync, which would hold a timer entry per agent in the controller's queue (about 0.5 KB each).
+    let mut next = Action::await_change();
     match &plan.service_account {
         ServiceAccountAction::Keep => {}
         ServiceAccountAction::Apply { desired, create } => {
@@ -64,7 +67,7 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
         ServiceAccountAction::Conflict { .. } => {
             warn!(service_account = %plan.service_account_name, "service account conflict");
             // A foreign ServiceAccount triggers no watch event of ours: look again later.
-            requeue = Duration::from_secs(60);
+            next = Action::requeue(Duration::from_secs(60));
         }
     }
     // status (only when it changed, so steady state costs no writes)
@@ -76,7 +79,7 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
         &ns,
         &agent.name_any(),
     ));
-    Ok(Action::requeue(requeue))
+    Ok(next)
 }
 
 /// Removes what agentid created for the agent; never anything it does not own.

@@ -36,7 +36,8 @@ where
 }
 
 /// Applies watch events of one kind: `apply` for each object seen, `remove` for each key gone (deleted, or
-/// missing from a re-list). Marks one more watch as synced after its first listing.
+/// missing from a re-list: `held` says what the state holds of this kind, so no second copy of every key is
+/// kept here). Marks one more watch as synced after its first listing.
 async fn follow<K, S>(
     stream: S,
     synced: Arc<AtomicUsize>,
@@ -44,11 +45,12 @@ async fn follow<K, S>(
     key: fn(&K) -> Option<(String, String)>,
     apply: fn(&PdpState, &K),
     remove: fn(&PdpState, &str, &str),
+    held: fn(&PdpState) -> Vec<(String, String)>,
 ) where
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     futures::pin_mut!(stream);
-    let mut known: HashSet<(String, String)> = HashSet::new();
+    // The keys of a re-list in progress (only while it lasts).
     let mut relisted: HashSet<(String, String)> = HashSet::new();
     let mut first = true;
     while let Some(event) = stream.next().await {
@@ -61,25 +63,21 @@ async fn follow<K, S>(
                 apply(&state, &o);
             }
             Ok(Event::InitDone) => {
-                for (ns, name) in known.difference(&relisted) {
-                    remove(&state, ns, name);
+                for (ns, name) in held(&state) {
+                    if !relisted.contains(&(ns.clone(), name.clone())) {
+                        remove(&state, &ns, &name);
+                    }
                 }
-                known = std::mem::take(&mut relisted);
+                relisted = HashSet::new();
                 if first {
                     first = false;
                     synced.fetch_add(1, Ordering::AcqRel);
                     state.mark_ready_if(synced.load(Ordering::Acquire) >= WATCHES);
                 }
             }
-            Ok(Event::Apply(o)) => {
-                if let Some(k) = key(&o) {
-                    known.insert(k);
-                }
-                apply(&state, &o);
-            }
+            Ok(Event::Apply(o)) => apply(&state, &o),
             Ok(Event::Delete(o)) => {
                 if let Some((ns, name)) = key(&o) {
-                    known.remove(&(ns.clone(), name.clone()));
                     remove(&state, &ns, &name);
                 }
             }
@@ -128,6 +126,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         key_of,
         |s, o| s.snapshot.write().unwrap_or_else(|p| p.into_inner()).upsert_agent(o),
         |s, ns, n| s.snapshot.write().unwrap_or_else(|p| p.into_inner()).remove_agent(ns, n),
+        |s| s.snapshot.read().unwrap_or_else(|p| p.into_inner()).agent_keys(),
     ));
     let grants = watcher::watcher(api::<ToolGrant>(&client, ns), cfg())
         .backoff(crate::controller::watch_backoff())
@@ -139,6 +138,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         key_of,
         |s, o| s.snapshot.write().unwrap_or_else(|p| p.into_inner()).upsert_grant(o),
         |s, ns, n| s.snapshot.write().unwrap_or_else(|p| p.into_inner()).remove_grant(ns, n),
+        |s| s.snapshot.read().unwrap_or_else(|p| p.into_inner()).grant_keys(),
     ));
     let tasks = watcher::watcher(api::<AgentTask>(&client, ns), cfg())
         .backoff(crate::controller::watch_backoff())
@@ -154,6 +154,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
             s.usage.lock().unwrap_or_else(|p| p.into_inner()).forget_task(ns, n);
             s.budgets.forget(ns, n);
         },
+        |s| s.snapshot.read().unwrap_or_else(|p| p.into_inner()).task_keys(),
     ));
     let accounts = watcher::watcher(api::<PartialObjectMeta<ServiceAccount>>(&client, ns), managed())
         .backoff(crate::controller::watch_backoff());
@@ -174,6 +175,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         |s, ns, n| {
             s.accounts.write().unwrap_or_else(|p| p.into_inner()).remove(&(ns.to_string(), n.to_string()));
         },
+        |s| s.accounts.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect(),
     ));
     let anchors = watcher::watcher(
         api::<PartialObjectMeta<Secret>>(&client, ns),
@@ -193,6 +195,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         |s, ns, n| {
             s.anchors.write().unwrap_or_else(|p| p.into_inner()).remove(&(ns.to_string(), n.to_string()));
         },
+        |s| s.anchors.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect(),
     ));
 
     let keys = state.keys.clone();
@@ -218,4 +221,82 @@ pub fn counts(state: &PdpState) -> (usize, usize) {
     let a = state.accounts.read().unwrap_or_else(|p| p.into_inner()).len();
     let b = state.anchors.read().unwrap_or_else(|p| p.into_inner()).len();
     (a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdp::budget::Budgets;
+    use crate::pdp::keys::{IssuerKeys, KeySource};
+
+    fn state() -> Arc<PdpState> {
+        let keys = KeySource::fixed(IssuerKeys { issuer: "iss".into(), keys: Default::default() });
+        Arc::new(PdpState::new(
+            Default::default(),
+            "cluster.local",
+            Arc::new(keys),
+            Arc::new(Budgets::local()),
+            Arc::new(crate::metrics::Metrics::default()),
+        ))
+    }
+
+    fn agent(name: &str) -> AgentIdentity {
+        let mut a = crate::api::test_agent(name);
+        a.metadata.namespace = Some("agents".into());
+        a
+    }
+
+    fn agents(s: &PdpState) -> Vec<String> {
+        let mut k: Vec<String> = s.snapshot.read().unwrap().agent_keys().into_iter().map(|(_, n)| n).collect();
+        k.sort();
+        k
+    }
+
+    /// Waits (at most 5 s) until the agents held are `want`.
+    async fn holds(s: &PdpState, want: &[&str]) {
+        for _ in 0..500 {
+            if agents(s) == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(agents(s), want);
+    }
+
+    #[tokio::test]
+    async fn a_relist_removes_what_it_no_longer_lists_and_a_delete_removes_at_once() {
+        let s = state();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let synced = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(follow(
+            rx,
+            synced.clone(),
+            s.clone(),
+            key_of,
+            |s, o: &AgentIdentity| s.snapshot.write().unwrap().upsert_agent(o),
+            |s, ns, n| s.snapshot.write().unwrap().remove_agent(ns, n),
+            |s| s.snapshot.read().unwrap().agent_keys(),
+        ));
+        let send = |e: Event<AgentIdentity>| tx.unbounded_send(Ok(e)).unwrap();
+        send(Event::Init);
+        for n in ["a", "b", "c"] {
+            send(Event::InitApply(agent(n)));
+        }
+        send(Event::InitDone);
+        send(Event::Apply(agent("d")));
+        send(Event::Delete(agent("a")));
+        holds(&s, &["b", "c", "d"]).await;
+        assert_eq!(synced.load(Ordering::Acquire), 1);
+        // A watch gap: b and d went meanwhile, e came. Until the re-list is complete nothing is removed,
+        // then exactly what it did not list.
+        send(Event::Init);
+        send(Event::InitApply(agent("c")));
+        send(Event::InitApply(agent("e")));
+        holds(&s, &["b", "c", "d", "e"]).await;
+        send(Event::InitDone);
+        holds(&s, &["c", "e"]).await;
+        assert_eq!(synced.load(Ordering::Acquire), 1, "a re-list is not a second watch synced");
+        drop(tx);
+        task.await.unwrap();
+    }
 }

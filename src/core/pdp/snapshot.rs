@@ -431,6 +431,25 @@ impl Snapshot {
         }
     }
 
+    /// (namespace, name) of every agent held.
+    pub fn agent_keys(&self) -> Vec<(String, String)> {
+        self.keys_of(|ns| ns.agents.keys().cloned().collect())
+    }
+
+    /// (namespace, name) of every task held.
+    pub fn task_keys(&self) -> Vec<(String, String)> {
+        self.keys_of(|ns| ns.tasks.keys().cloned().collect())
+    }
+
+    /// (namespace, name) of every grant held.
+    pub fn grant_keys(&self) -> Vec<(String, String)> {
+        self.keys_of(|ns| ns.grants.keys().map(|k| k.to_string()).collect())
+    }
+
+    fn keys_of(&self, names: impl Fn(&Namespace) -> Vec<String>) -> Vec<(String, String)> {
+        self.namespaces.iter().flat_map(|(ns, n)| names(n).into_iter().map(move |name| (ns.clone(), name))).collect()
+    }
+
     pub fn upsert_agent(&mut self, agent: &AgentIdentity) {
         if let Some(entry) = AgentEntry::from_object(agent, &self.trust_domain) {
             let ns = self.namespaces.entry(entry.namespace.clone()).or_default();
