@@ -513,7 +513,9 @@ fn as_object(obj: DynamicObject, ar: &ApiResource) -> Value {
 
 /// Starts the scan with its own AgentIdentity cache, namespace watch and exceptions reloader; returns when
 /// the scan is off (interval zero), otherwise runs until the future is dropped (leadership lost).
-pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>) {
+/// `agents`: the admission webhook's directory of AgentIdentities, when this process serves admission over the
+/// same namespaces (it then follows one watch, not two); `None`: the scan follows its own.
+pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>, agents: Option<Arc<LiveDirectory>>) {
     if config.interval.is_zero() {
         info!("background scan off (--scan-interval 0)");
         return;
@@ -532,7 +534,10 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let agents = Arc::new(LiveDirectory::default());
+    let (agents, own_watch) = match agents {
+        Some(shared) => (shared, false),
+        None => (Arc::new(LiveDirectory::default()), true),
+    };
     let scanner = Arc::new(Scanner::new(client, config.clone(), agents.clone(), exceptions, metrics.scan.clone()));
     // AgentIdentity changes (added, changed, status, deleted) trigger a rescan; the initial list does not.
     let agents_watch = {
@@ -544,7 +549,11 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>) {
                     scanner.trigger();
                 }
             };
-            tokio::join!(agents.watch(agents_api), rescan);
+            if own_watch {
+                tokio::join!(agents.watch(agents_api), rescan);
+            } else {
+                rescan.await;
+            }
         }
     };
     let reload = {

@@ -166,7 +166,7 @@ async fn pre_existing_violations_are_published_and_fixes_remove_them() {
     support::with_shipped_cluster_role(&env, move |operator| async move {
         let client = admin;
         let metrics = Arc::new(Metrics::default());
-        let scan = tokio::spawn(run(operator, config, metrics.clone()));
+        let scan = tokio::spawn(run(operator, config, metrics.clone(), None));
 
         // 1. The pre-existing violations are published, with the right rules, per resource.
         let want_audit = BTreeMap::from([

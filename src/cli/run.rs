@@ -286,10 +286,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Err(e) => warn!(error = %api_reason(&e), "could not check the operator namespace"),
     }
 
-    let (mut trail, mut listening) = (None, None);
+    let (mut trail, mut listening, mut agents) = (None, None, None);
     if !args.no_webhook {
-        let (l, t) = serve_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
-        (trail, listening) = (t, Some(l));
+        let serving = serve_webhook(&args, client.clone(), metrics.clone(), readiness.clone()).await?;
+        (trail, listening, agents) = (serving.audit, Some(serving.listening), Some(serving.agents));
     }
 
     let mut ctx = Context::new(client.clone(), config, metrics);
@@ -312,7 +312,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => Some(None),
     };
     let result = match acquired {
-        Some(lost) => lead(&args, client.clone(), ctx, metrics_for_scan, leader.as_ref(), lost).await,
+        Some(lost) => lead(&args, client.clone(), ctx, metrics_for_scan, agents, leader.as_ref(), lost).await,
         None => {
             info!("stopping before having led");
             Ok(())
@@ -367,6 +367,7 @@ async fn lead(
     client: Client,
     ctx: Arc<Context>,
     metrics_for_scan: Arc<Metrics>,
+    agents: Option<Arc<webhook::agents::LiveDirectory>>,
     leader: Option<&LeaderConfig>,
     mut lost: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<()> {
@@ -388,7 +389,7 @@ async fn lead(
         }
     };
     // The background scan: PolicyReports for the workloads that already run (leader only, like the controllers).
-    let scan = crate::scan::run(client.clone(), crate::scan::ScanConfig::from_args(args)?, metrics_for_scan);
+    let scan = crate::scan::run(client.clone(), crate::scan::ScanConfig::from_args(args)?, metrics_for_scan, agents);
     // The controllers drain and end on the signal by themselves; the scan loops until told.
     let scan = async {
         tokio::select! {
@@ -447,17 +448,25 @@ pub async fn start_webhook(
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
 ) -> Result<server::Listening> {
-    Ok(serve_webhook(args, client, metrics, ready).await?.0)
+    Ok(serve_webhook(args, client, metrics, ready).await?.listening)
 }
 
-/// [`start_webhook`], also handing back the audit trail (with `--audit-dir`) for a last checkpoint at
-/// shutdown.
+/// What [`serve_webhook`] started.
+pub struct Serving {
+    pub listening: server::Listening,
+    /// The audit trail (with `--audit-dir`), for a last checkpoint at shutdown.
+    pub audit: Option<Arc<crate::audit::AuditTrail>>,
+    /// The AgentIdentities admission judges with (the background scan reads the same).
+    pub agents: Arc<webhook::agents::LiveDirectory>,
+}
+
+/// [`start_webhook`], also handing back the audit trail and the directory of agents.
 pub async fn serve_webhook(
     args: &RunArgs,
     client: Client,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
-) -> Result<(server::Listening, Option<Arc<crate::audit::AuditTrail>>)> {
+) -> Result<Serving> {
     // Admission judges workloads in every watched namespace, so it caches their AgentIdentities.
     let agents_api: Api<AgentIdentity> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -466,7 +475,7 @@ pub async fn serve_webhook(
     let agents = webhook::agents::start(agents_api).await;
 
     let state = Arc::new(WebhookState::new(
-        agents,
+        agents.clone(),
         Arc::new(webhook::SubjectAccessReviewer(client.clone())),
         Arc::new(webhook::ApiServiceAccounts(client.clone())),
         load_exceptions(&args.exceptions_file)?,
@@ -568,5 +577,5 @@ pub async fn serve_webhook(
         app = app.merge(crate::audit::ingest::router(Arc::new(ingest)));
         info!(path = crate::audit::ingest::PATH, "taking the apiserver's audit events");
     }
-    Ok((server::serve(client, app, cfg, ready).await?, trail))
+    Ok(Serving { listening: server::serve(client, app, cfg, ready).await?, audit: trail, agents })
 }

@@ -256,7 +256,7 @@ impl Webhook {
                 started => break started.expect("webhook starts"),
             }
         };
-        let (listening, audit) = listening;
+        let (listening, audit) = (listening.listening, listening.audit);
         let addr = listening.of("broker").expect("the broker listens");
         assert!(ready.webhook.load(std::sync::atomic::Ordering::Acquire), "ready only once TLS serves");
         let w = Webhook {
