@@ -56,6 +56,17 @@ fn client_config(ca: &[u8]) -> Arc<rustls::ClientConfig> {
     Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
+/// A serving configuration for "localhost" from a fresh CA: the CA (PEM, for clients) and the server's handle.
+fn localhost_tls() -> (Vec<u8>, TlsHandle) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let now = Timestamp::now();
+    let (ca, ca_key) = tls::generate_ca(now).unwrap();
+    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
+    let material =
+        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+    (ca.into_bytes(), TlsHandle::new(tls::server_config(&material, None).unwrap()))
+}
+
 /// One AdmissionReview of a pod with a static secret, on a fresh connection: the HTTP status and body.
 async fn review(addr: SocketAddr, ca: &[u8]) -> std::io::Result<(u16, String)> {
     let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","namespace":"agents","operation":"CREATE","userInfo":{"username":"dev"},"object":{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"agents"},"spec":{"serviceAccountName":"web","containers":[{"name":"c","image":"x","env":[{"name":"K","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]}]}}}}"#;
@@ -89,12 +100,7 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_keeps_answering_through_a_connection_flood() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let now = Timestamp::now();
-    let (ca, ca_key) = tls::generate_ca(now).unwrap();
-    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
-    let material =
-        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+    let (ca, handle) = localhost_tls();
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(WebhookState::new(
         Arc::new(StaticDirectory::default()),
@@ -103,13 +109,11 @@ async fn admission_keeps_answering_through_a_connection_flood() {
         ExceptionSet::default(),
         metrics.clone(),
     ));
-    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
     let mut listener =
         Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, router(state), LIMITS).unwrap();
     listener.metrics = Some(metrics.clone());
     let addr = listener.local_addr().unwrap();
     tokio::spawn(listener.run());
-    let ca = ca.into_bytes();
 
     // The flood: from 127.0.0.2, 60 connections that never start TLS (more than the per-peer cap); from
     // 127.0.0.4, 20 that finish TLS but trickle their headers one byte per 300 ms (never finishing).
@@ -188,12 +192,7 @@ async fn admission_keeps_answering_through_a_connection_flood() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
     use agentid::server::listener::Drain;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let now = Timestamp::now();
-    let (ca, ca_key) = tls::generate_ca(now).unwrap();
-    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
-    let material =
-        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+    let (ca, handle) = localhost_tls();
     let app = axum::Router::new().route(
         "/slow",
         axum::routing::get(|| async {
@@ -201,13 +200,11 @@ async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
             "answered"
         }),
     );
-    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
     let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
     let drain = Drain::default();
     listener.drain = Some(drain.subscribe());
     let addr = listener.local_addr().unwrap();
     tokio::spawn(listener.run());
-    let ca = ca.into_bytes();
     let connect = || {
         let ca = ca.clone();
         async move {
@@ -245,14 +242,8 @@ async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closing_connection_reads_what_the_client_still_sends_instead_of_resetting_it() {
     use agentid::server::listener::Drain;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let now = Timestamp::now();
-    let (ca, ca_key) = tls::generate_ca(now).unwrap();
-    let (cert, key, _) = tls::generate_serving(&ca_key, &["localhost".into()], now, Duration::from_secs(3600)).unwrap();
-    let material =
-        tls::TlsMaterial { cert_pem: cert.into_bytes(), key_pem: key.into_bytes(), ca_pem: None, not_after: None };
+    let (ca, handle) = localhost_tls();
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    let handle = TlsHandle::new(tls::server_config(&material, None).unwrap());
     let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
     let drain = Drain::default();
     listener.drain = Some(drain.subscribe());
@@ -260,7 +251,7 @@ async fn a_closing_connection_reads_what_the_client_still_sends_instead_of_reset
     tokio::spawn(listener.run());
     let tcp = connect_from("127.0.0.1", addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(client_config(&ca.into_bytes())).connect(name, tcp).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await.unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 1024];
     let n = tls.read(&mut buf).await.unwrap();
