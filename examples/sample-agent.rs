@@ -103,9 +103,25 @@ async fn https(
     bearer: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let stream = tls.connect(cfg.server_name.clone(), tcp).await.map_err(|e| format!("TLS with {addr}: {e}"))?;
-    exchange(stream, "POST", path, Some(bearer), body).await
+    within(addr, async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let stream = tls.connect(cfg.server_name.clone(), tcp).await.map_err(|e| format!("TLS with {addr}: {e}"))?;
+        exchange(stream, "POST", path, Some(bearer), body).await
+    })
+    .await
+}
+
+/// How long one request may take, connecting included: a peer that never answers (a Service whose
+/// endpoint just went away) costs one round, not the agent.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn within<T>(
+    addr: SocketAddr,
+    request: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err(format!("{addr}: no answer within {REQUEST_TIMEOUT:?}")))
 }
 
 /// The `iat` and `exp` claims of a JWT (its payload decoded, the signature not checked: the broker does).
@@ -162,8 +178,11 @@ async fn round(tls: &tokio_rustls::TlsConnector, cfg: &Config, task_token: &mut 
         *task_token = None;
         return Ok(());
     }
-    let tcp = tokio::net::TcpStream::connect(cfg.tool_addr).await.map_err(|e| format!("tool: {e}"))?;
-    let (status, _) = exchange(tcp, "GET", &cfg.tool_path, None, "").await?;
+    let (status, _) = within(cfg.tool_addr, async {
+        let tcp = tokio::net::TcpStream::connect(cfg.tool_addr).await.map_err(|e| format!("tool: {e}"))?;
+        exchange(tcp, "GET", &cfg.tool_path, None, "").await
+    })
+    .await?;
     say(json!({"step": "tool", "tool": cfg.tool, "status": status}));
     Ok(())
 }

@@ -394,11 +394,20 @@ spec:
     })
     .await;
     let started = Instant::now();
-    let called = wait_until(Duration::from_secs(60), "the agent to call its tool", || async {
+    let called = loop {
         let log = agent_log(ns);
-        log.iter().any(|l| l["step"] == "tool" && l["status"] == 200).then_some(log)
-    })
-    .await;
+        if log.iter().any(|l| l["step"] == "tool" && l["status"] == 200) {
+            break log;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            // What the agent did, and where its pod is: the failure must say why.
+            let pods = run("kubectl", &["get", "pods", "-n", ns, "-o", "wide"]).unwrap_or_else(|e| e);
+            let events = run("kubectl", &["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]).unwrap_or_else(|e| e);
+            let tail: Vec<&Value> = log.iter().rev().take(20).collect();
+            panic!("the agent did not call its tool within 60 s\nlast log lines (newest first): {tail:#?}\npods:\n{pods}\nevents:\n{events}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     eprintln!("sample agent: first allowed tool call {:?} after its Deployment was admitted", started.elapsed());
     assert!(called.iter().any(|l| l["step"] == "decision" && l["decision"] == true), "{called:?}");
     assert!(called.iter().any(|l| l["step"] == "task-token" && l["status"] == 200), "{called:?}");
