@@ -404,7 +404,9 @@ spec:
             let pods = run("kubectl", &["get", "pods", "-n", ns, "-o", "wide"]).unwrap_or_else(|e| e);
             let events = run("kubectl", &["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]).unwrap_or_else(|e| e);
             let tail: Vec<&Value> = log.iter().rev().take(20).collect();
-            panic!("the agent did not call its tool within 60 s\nlast log lines (newest first): {tail:#?}\npods:\n{pods}\nevents:\n{events}");
+            panic!(
+                "the agent did not call its tool within 60 s\nlast log lines (newest first): {tail:#?}\npods:\n{pods}\nevents:\n{events}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
