@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := .cache/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all build tools crds cluster-up cluster-down node-up node-down image demo demo-down test unit e2e bench lint bench-cluster bench-pdp bench-pdp-grpc bench-check bench-peers fuzz
+.PHONY: all build tools crds cluster-up cluster-down node-up node-down image demo demo-down test unit e2e bench lint bench-cluster bench-pdp bench-pdp-grpc bench-check bench-peers bench-heap fuzz
 
 all: build
 
@@ -82,6 +82,11 @@ bench-peers:
 ## Benchmarks against a real local control plane (its own, in .cache/bench-cluster): converge, RSS, token, revocation and admission latency
 bench-cluster:
 	e2e/bench-cluster.sh
+
+## Where the operator's memory goes: heaptrack at N (default 3,000) agents, grants and tasks, the live heap
+## grouped by what holds it (bench/heap/run.sh; its own control plane in .cache/heap-cluster)
+bench-heap:
+	bench/heap/run.sh
 
 ## Every cargo-fuzz target (fuzz/, its own crate) for FUZZ_SECONDS each (default 600), one after the other,
 ## niced; seeds the corpora from the fixtures first. Needs the nightly toolchain. See fuzz/README.md.
