@@ -530,13 +530,16 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>, agen
         },
         None => ExceptionSet::default(),
     };
-    let agents_api: Api<AgentIdentity> = match &config.governance.only_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    // Without a shared directory, one of its own and the watch that feeds it.
     let (agents, own_watch) = match agents {
-        Some(shared) => (shared, false),
-        None => (Arc::new(LiveDirectory::default()), true),
+        Some(shared) => (shared, None),
+        None => {
+            let api: Api<AgentIdentity> = match &config.governance.only_namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            (Arc::new(LiveDirectory::default()), Some(api))
+        }
     };
     let scanner = Arc::new(Scanner::new(client, config.clone(), agents.clone(), exceptions, metrics.scan.clone()));
     // AgentIdentity changes (added, changed, status, deleted) trigger a rescan; the initial list does not.
@@ -549,10 +552,11 @@ pub async fn run(client: Client, config: ScanConfig, metrics: Arc<Metrics>, agen
                     scanner.trigger();
                 }
             };
-            if own_watch {
-                tokio::join!(agents.watch(agents_api), rescan);
-            } else {
-                rescan.await;
+            match own_watch {
+                Some(api) => {
+                    tokio::join!(agents.watch(api), rescan);
+                }
+                None => rescan.await,
             }
         }
     };

@@ -63,10 +63,8 @@ async fn follow<K, S>(
                 apply(&state, &o);
             }
             Ok(Event::InitDone) => {
-                for (ns, name) in held(&state) {
-                    if !relisted.contains(&(ns.clone(), name.clone())) {
-                        remove(&state, &ns, &name);
-                    }
+                for (ns, name) in held(&state).into_iter().filter(|k| !relisted.contains(k)) {
+                    remove(&state, &ns, &name);
                 }
                 relisted = HashSet::new();
                 if first {

@@ -380,8 +380,8 @@ async fn linger(mut tls: tokio_rustls::server::TlsStream<TcpStream>) {
     .await;
 }
 
-/// An I/O stream that records when it last moved bytes.
-/// Hands the stream back through `give_back` when dropped.
+/// An I/O stream that records when it last moved bytes, and hands the stream back through `give_back`
+/// when dropped.
 struct IdleIo<T> {
     /// Always `Some` until dropped.
     inner: Option<T>,
