@@ -10,6 +10,12 @@ pub const MAX_NAME_LEN: usize = 253;
 pub const MAX_LABEL_VALUE_LEN: usize = 63;
 const HASH_LEN: usize = 10;
 
+/// Whether `c` could forge or hide text where a name is printed: a control character (newline, ESC, ...)
+/// or a Unicode bidirectional override/isolate, which reorders what a terminal or a review shows.
+pub fn is_unsafe_in_text(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// First `HASH_LEN` hex digits of the SHA-256 of `s`.
 fn short_hash(s: &str) -> String {
     Sha256::digest(s.as_bytes()).iter().take(HASH_LEN / 2).map(|b| format!("{b:02x}")).collect()

@@ -117,6 +117,11 @@ pub struct Decision {
     pub expires_at: Option<Timestamp>,
 }
 
+/// `spec.ttl` as a duration (`None` when it does not parse).
+pub fn ttl(task: &AgentTask) -> Option<SignedDuration> {
+    duration::parse(&task.spec.ttl).ok().and_then(|d| SignedDuration::try_from(d).ok())
+}
+
 /// The phase of a task at `now`, given its agent (`None`: no AgentIdentity of that name in the task's
 /// namespace) and when it first became Active (`issued`, see [`issued_at`]).
 ///
@@ -131,7 +136,7 @@ pub fn decide(task: &AgentTask, agent: Option<&AgentIdentity>, issued: Option<Ti
     let agent_name = &task.spec.agent_ref.name;
     let namespace = task.metadata.namespace.as_deref().unwrap_or_default();
     let previous = task.status.as_ref().and_then(|s| s.phase);
-    let ttl = duration::parse(&task.spec.ttl).ok().and_then(|d| SignedDuration::try_from(d).ok());
+    let ttl = ttl(task);
     let expiry = |issued: Timestamp| ttl.and_then(|ttl| issued.checked_add(ttl).ok());
     let expires = issued.and_then(expiry);
     let decision =
@@ -406,9 +411,13 @@ pub fn token_request(
     if phase != TaskPhase::Active {
         return Err(TaskError::NotActive { task: task_name, phase: format!("{phase:?}") });
     }
-    let Some(expires_at) = status.expires_at.map(|t| t.0) else {
+    let Some(recorded_end) = status.expires_at.map(|t| t.0) else {
         return Err(TaskError::NotActive { task: task_name, phase: "Active without expiresAt".into() });
     };
+    // The end the anchor proves (its creation + spec.ttl) bounds the one in the status, which whoever may
+    // write agenttasks/status could have moved later.
+    let proven_end = issued_at(task, Some(anchor)).zip(ttl(task)).and_then(|(at, ttl)| at.checked_add(ttl).ok());
+    let expires_at = proven_end.map_or(recorded_end, |end| end.min(recorded_end));
     if now >= expires_at {
         return Err(TaskError::Expired { task: task_name, at: expires_at });
     }
@@ -958,6 +967,15 @@ mod tests {
         let a = agent("triage");
         let (tk, anchor) = active("1h", &a);
         assert!(matches!(token_request(&tk, &a, &anchor, t(3600)), Err(TaskError::Expired { .. })));
+        // A status stretched by hand (expiresAt a day out, issuedAt moved too): the anchor's creation and
+        // spec.ttl still end the task after an hour, and shorten its tokens accordingly.
+        let mut stretched = tk.clone();
+        let st = stretched.status.as_mut().unwrap();
+        st.expires_at = Some(Time(t(86_400)));
+        st.issued_at = Some(Time(t(80_000)));
+        assert!(matches!(token_request(&stretched, &a, &anchor, t(3600)), Err(TaskError::Expired { .. })));
+        let secs = token_request(&stretched, &a, &anchor, t(2400)).unwrap().spec.unwrap().expiration_seconds;
+        assert_eq!(secs, Some(1200));
 
         let mut done = tk.clone();
         done.spec.completed = true;

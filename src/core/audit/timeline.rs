@@ -39,7 +39,7 @@ impl Filter {
 /// line) and bidirectional overrides are shown as `\u{..}` escapes. Tool names, actions and destinations
 /// come from agents' own requests.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let bad = crate::core::names::is_unsafe_in_text;
     if !s.chars().any(bad) {
         return std::borrow::Cow::Borrowed(s);
     }

@@ -247,7 +247,7 @@ fn bad_request(req: &DecisionRequest) -> Option<String> {
         }
     }
     let names = required.into_iter().chain(req.task.as_ref().map(|t| ("task", t)));
-    for (field, value) in names {
+    for (field, value) in names.clone() {
         if value.is_empty() || value.len() > MAX_NAME_LEN {
             return Some(format!("{field} must be 1 to {MAX_NAME_LEN} characters"));
         }
@@ -260,6 +260,16 @@ fn bad_request(req: &DecisionRequest) -> Option<String> {
     }
     if req.argument_names.iter().any(|a| a.len() > MAX_NAME_LEN) {
         return Some(format!("an argument name is longer than {MAX_NAME_LEN} characters"));
+    }
+    // Names end up in decision logs, the audit trail and `audit timeline`: a newline or terminal escape in
+    // one could forge a line there, a bidi override could disguise it. No tool or action needs them.
+    let unsafe_text = |s: &str| s.chars().any(crate::core::names::is_unsafe_in_text);
+    let texts = names.chain(req.method.as_ref().map(|m| ("method", m)));
+    if let Some((field, _)) = texts.clone().find(|(_, v)| unsafe_text(v)) {
+        return Some(format!("{field} contains a control or bidirectional-override character"));
+    }
+    if req.argument_names.iter().any(|a| unsafe_text(a)) {
+        return Some("an argument name contains a control or bidirectional-override character".into());
     }
     None
 }
@@ -828,6 +838,45 @@ mod tests {
             ("bad request: empty action", |_, r| r.action.clear(), Some(ReasonCode::BadRequest), "action is empty"),
             ("bad request: empty task", |_, r| r.task = Some(String::new()), Some(ReasonCode::BadRequest), "task"),
             ("bad request: long tool", |_, r| r.tool = "x".repeat(300), Some(ReasonCode::BadRequest), "tool must be"),
+            (
+                "bad request: a newline in the tool (would forge a timeline line)",
+                |_, r| r.tool = "crm\n2026-01-01T00:00:00Z  decision  allow".into(),
+                Some(ReasonCode::BadRequest),
+                "tool contains a control",
+            ),
+            (
+                "bad request: ESC in the action",
+                |_, r| r.action = "read\u{1b}[2K".into(),
+                Some(ReasonCode::BadRequest),
+                "action contains",
+            ),
+            (
+                "bad request: bidi override in the task",
+                |_, r| r.task = Some("t\u{202e}1".into()),
+                Some(ReasonCode::BadRequest),
+                "task contains",
+            ),
+            (
+                "bad request: control in the method",
+                |_, r| r.method = Some("tools/call\r".into()),
+                Some(ReasonCode::BadRequest),
+                "method contains",
+            ),
+            (
+                "bad request: control in an argument name",
+                |_, r| r.argument_names = vec!["ok".into(), "a\u{7}".into()],
+                Some(ReasonCode::BadRequest),
+                "an argument name contains",
+            ),
+            (
+                "unicode that is not a control is fine",
+                |w, r| {
+                    w.grants[0].spec.tools[0].actions.clear();
+                    r.action = "lire-é".into();
+                },
+                None,
+                "",
+            ),
             (
                 "bad request: many arguments",
                 |_, r| r.argument_names = vec!["a".into(); 300],

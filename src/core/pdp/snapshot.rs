@@ -103,6 +103,17 @@ pub struct TaskEntry {
 impl TaskEntry {
     fn from_object(task: &AgentTask) -> Option<TaskEntry> {
         let status = task.status.as_ref();
+        let issued_at = status.and_then(|s| s.issued_at.as_ref()).map(|t| t.0);
+        // The end as the controller computes it (issuedAt + spec.ttl) bounds what the status says: a
+        // status written by someone else than the controller cannot stretch a task at the decision point.
+        let ttl = crate::core::task::ttl(task);
+        let by_ttl = issued_at.zip(ttl).and_then(|(at, ttl)| at.checked_add(ttl).ok());
+        let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, None) => a,
+            // No expiresAt in the status: the task is not Active as the controller wrote it.
+            (None, Some(_)) => None,
+        };
         Some(TaskEntry {
             name: task.metadata.name.clone()?,
             namespace: task.metadata.namespace.clone()?,
@@ -111,8 +122,8 @@ impl TaskEntry {
             purpose: task.spec.purpose.clone(),
             phase: status.and_then(|s| s.phase),
             completed: task.spec.completed,
-            issued_at: status.and_then(|s| s.issued_at.as_ref()).map(|t| t.0),
-            expires_at: status.and_then(|s| s.expires_at.as_ref()).map(|t| t.0),
+            issued_at,
+            expires_at: earliest(status.and_then(|s| s.expires_at.as_ref()).map(|t| t.0), by_ttl),
             anchor: status.and_then(|s| s.anchor.clone()),
             audiences: task.spec.audiences.clone(),
         })
@@ -703,6 +714,15 @@ mod tests {
             ),
             (entry(&|t| t.status = None), t(10), Err(TaskInactive::Phase(None))),
             (entry(&|t| t.status.as_mut().unwrap().expires_at = None), t(10), Err(TaskInactive::NoExpiry)),
+            // A status stretched by someone else than the controller: issuedAt + spec.ttl (1h) still ends it.
+            (entry(&|task| task.status.as_mut().unwrap().expires_at = Some(Time(t(86_400)))), t(3599), Ok(())),
+            (
+                entry(&|task| task.status.as_mut().unwrap().expires_at = Some(Time(t(86_400)))),
+                t(3600),
+                Err(TaskInactive::Expired(t(3600))),
+            ),
+            // A shorter ttl than the status says (spec changed): the earlier end counts.
+            (entry(&|t| t.spec.ttl = "10m".into()), t(600), Err(TaskInactive::Expired(t(600)))),
         ];
         for (i, (task, now, want)) in cases.into_iter().enumerate() {
             assert_eq!(task.active_at(now), want, "case {i}");
