@@ -174,13 +174,24 @@ where
     let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &ns);
     let res = if obj.meta().deletion_timestamp.is_some() {
         // Cleanup, then the finalizer comes off (nothing to do when it is not there).
-        finalizer(&api, FINALIZER, obj, |event| async move {
+        let name = obj.meta().name.clone();
+        let removed = finalizer(&api, FINALIZER, obj, |event| async move {
             match event {
                 FinalizerEvent::Cleanup(o) => cleanup(o).await,
                 FinalizerEvent::Apply(_) => Ok(kube::runtime::controller::Action::await_change()),
             }
         })
-        .await
+        .await;
+        match removed {
+            // Gone already: another replica (a leader that just lost its lease, or died after its write) ran
+            // the cleanup and removed the finalizer, and the apiserver deleted the object, which this cache
+            // had not seen yet. The cleanup ran here too and found nothing of its own left: done, not failed.
+            Err(FinalizerError::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+                tracing::debug!(kind, ?name, "object gone before its finalizer came off here: cleaned up already");
+                Ok(kube::runtime::controller::Action::await_change())
+            }
+            other => other,
+        }
     } else {
         // A new object: the finalizer goes on first, then the same reconcile applies it (the finalizer write
         // wakes no second reconcile, see `spec_or_deletion`).
@@ -522,6 +533,85 @@ mod tests {
 
     fn names(out: Option<AgentIdentity>) -> Option<String> {
         out.and_then(|o| o.metadata.name)
+    }
+
+    /// A client whose apiserver answers every request with `status` and the JSON `body`, and records each
+    /// request as `METHOD path`.
+    fn scripted_client(status: u16, body: serde_json::Value) -> (Client, Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            log.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+            let body = serde_json::to_vec(&body).unwrap();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    axum::http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(body))
+                        .unwrap(),
+                )
+            }
+        });
+        (Client::new(svc, "default"), seen)
+    }
+
+    #[tokio::test]
+    async fn an_object_gone_before_its_finalizer_came_off_is_cleaned_up_not_failed() {
+        // After a leader change: the old leader removed the finalizer and the apiserver deleted the object;
+        // this replica's cache still shows it being deleted, with the finalizer.
+        let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "agentidentities \"a\" not found"});
+        let (client, seen) = scripted_client(404, not_found);
+        let config = OperatorConfig { trust_domain: "td".into(), instance: "test".into(), watch_namespace: None };
+        let ctx = Context::new(client, config, Arc::new(Metrics::default()));
+        let mut agent = crate::api::test_agent("a");
+        agent.metadata.namespace = Some("agents".into());
+        agent.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        agent.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let cleaned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cleaned.clone();
+        let res = reconcile_with_finalizer(
+            &ctx,
+            "AgentIdentity",
+            Arc::new(agent),
+            |_| async { Ok(kube::runtime::controller::Action::await_change()) },
+            |_| async move {
+                c.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(kube::runtime::controller::Action::await_change())
+            },
+        )
+        .await;
+        assert!(res.is_ok(), "{res:?}");
+        assert!(cleaned.load(std::sync::atomic::Ordering::SeqCst), "the cleanup ran first");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["PATCH /apis/agentid.dev/v1alpha1/namespaces/agents/agentidentities/a".to_string()]
+        );
+
+        // Any other failure to remove the finalizer is still one.
+        let (client, _) = scripted_client(
+            500,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1",
+            "status": "Failure", "reason": "InternalError", "code": 500, "message": "boom"}),
+        );
+        let config = OperatorConfig { trust_domain: "td".into(), instance: "test".into(), watch_namespace: None };
+        let ctx = Context::new(client, config, Arc::new(Metrics::default()));
+        let mut agent = crate::api::test_agent("a");
+        agent.metadata.namespace = Some("agents".into());
+        agent.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        agent.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let res = reconcile_with_finalizer(
+            &ctx,
+            "AgentIdentity",
+            Arc::new(agent),
+            |_| async { Ok(kube::runtime::controller::Action::await_change()) },
+            |_| async { Ok(kube::runtime::controller::Action::await_change()) },
+        )
+        .await;
+        assert!(res.is_err());
     }
 
     #[test]
