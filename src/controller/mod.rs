@@ -556,6 +556,21 @@ mod tests {
         (Client::new(svc, "default"), seen)
     }
 
+    fn context(client: Client) -> Context {
+        let config = OperatorConfig { trust_domain: "td".into(), instance: "test".into(), watch_namespace: None };
+        Context::new(client, config, Arc::new(Metrics::default()))
+    }
+
+    /// An agent being deleted, with agentid's finalizer still on.
+    fn deleting_agent() -> AgentIdentity {
+        let mut agent = crate::api::test_agent("a");
+        agent.metadata.namespace = Some("agents".into());
+        agent.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        agent.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        agent
+    }
+
     #[tokio::test]
     async fn an_object_gone_before_its_finalizer_came_off_is_cleaned_up_not_failed() {
         // After a leader change: the old leader removed the finalizer and the apiserver deleted the object;
@@ -563,13 +578,7 @@ mod tests {
         let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "reason": "NotFound", "code": 404, "message": "agentidentities \"a\" not found"});
         let (client, seen) = scripted_client(404, not_found);
-        let config = OperatorConfig { trust_domain: "td".into(), instance: "test".into(), watch_namespace: None };
-        let ctx = Context::new(client, config, Arc::new(Metrics::default()));
-        let mut agent = crate::api::test_agent("a");
-        agent.metadata.namespace = Some("agents".into());
-        agent.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        agent.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let (ctx, agent) = (context(client), deleting_agent());
         let cleaned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let c = cleaned.clone();
         let res = reconcile_with_finalizer(
@@ -596,13 +605,7 @@ mod tests {
             serde_json::json!({"kind": "Status", "apiVersion": "v1",
             "status": "Failure", "reason": "InternalError", "code": 500, "message": "boom"}),
         );
-        let config = OperatorConfig { trust_domain: "td".into(), instance: "test".into(), watch_namespace: None };
-        let ctx = Context::new(client, config, Arc::new(Metrics::default()));
-        let mut agent = crate::api::test_agent("a");
-        agent.metadata.namespace = Some("agents".into());
-        agent.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        agent.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let (ctx, agent) = (context(client), deleting_agent());
         let res = reconcile_with_finalizer(
             &ctx,
             "AgentIdentity",
