@@ -40,9 +40,11 @@ pub async fn run(ctx: Arc<Context>) {
     super::drain(stream).await;
 }
 
-#[instrument(skip_all, fields(namespace = agent.namespace().unwrap_or_default(), name = agent.name_any()))]
-pub async fn reconcile(agent: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action> {
-    super::reconcile_with_finalizer(&ctx, KIND, agent, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
+#[instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
+pub async fn reconcile(cached: Arc<super::Cached<AgentIdentity>>, ctx: Arc<Context>) -> Result<Action> {
+    // Read as it is now; gone meanwhile: its deletion was handled by the reconcile before it went.
+    let Some(agent) = super::fetch(&ctx, &cached).await? else { return Ok(Action::await_change()) };
+    super::reconcile_with_finalizer(&ctx, KIND, Arc::new(agent), |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
@@ -97,6 +99,6 @@ async fn cleanup(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-fn error_policy(agent: Arc<AgentIdentity>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(agent: Arc<super::Cached<AgentIdentity>>, error: &Error, ctx: Arc<Context>) -> Action {
     super::on_error(KIND, agent.as_ref(), error, &ctx)
 }

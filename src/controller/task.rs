@@ -53,9 +53,11 @@ pub async fn run(ctx: Arc<Context>) {
     super::drain(stream).await;
 }
 
-#[instrument(skip_all, fields(namespace = task.namespace().unwrap_or_default(), name = task.name_any()))]
-pub async fn reconcile(task: Arc<AgentTask>, ctx: Arc<Context>) -> Result<Action> {
-    super::reconcile_with_finalizer(&ctx, KIND, task, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
+#[instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
+pub async fn reconcile(cached: Arc<super::Cached<AgentTask>>, ctx: Arc<Context>) -> Result<Action> {
+    // Read as it is now; gone meanwhile: its deletion was handled by the reconcile before it went.
+    let Some(task) = super::fetch(&ctx, &cached).await? else { return Ok(Action::await_change()) };
+    super::reconcile_with_finalizer(&ctx, KIND, Arc::new(task), |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
@@ -135,6 +137,6 @@ async fn cleanup(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-fn error_policy(task: Arc<AgentTask>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(task: Arc<super::Cached<AgentTask>>, error: &Error, ctx: Arc<Context>) -> Action {
     super::on_error(KIND, task.as_ref(), error, &ctx)
 }

@@ -53,9 +53,11 @@ pub async fn run(ctx: Arc<Context>) {
     super::drain(stream).await;
 }
 
-#[instrument(skip_all, fields(namespace = grant.namespace().unwrap_or_default(), name = grant.name_any()))]
-pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action> {
-    super::reconcile_with_finalizer(&ctx, KIND, grant, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
+#[instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
+pub async fn reconcile(cached: Arc<super::Cached<ToolGrant>>, ctx: Arc<Context>) -> Result<Action> {
+    // Read as it is now; gone meanwhile: its deletion was handled by the reconcile before it went.
+    let Some(grant) = super::fetch(&ctx, &cached).await? else { return Ok(Action::await_change()) };
+    super::reconcile_with_finalizer(&ctx, KIND, Arc::new(grant), |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
@@ -130,6 +132,6 @@ async fn cleanup(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-fn error_policy(grant: Arc<ToolGrant>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(grant: Arc<super::Cached<ToolGrant>>, error: &Error, ctx: Arc<Context>) -> Action {
     super::on_error(KIND, grant.as_ref(), error, &ctx)
 }
