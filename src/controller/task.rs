@@ -113,7 +113,7 @@ async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
         plan.reason,
     ));
     // The phase changes at expiry without any watch event: wake up then.
-    Ok(Action::requeue(plan.requeue_after))
+    Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Deletes the task's own anchor (exactly the fetched one) and counts the revocation.

@@ -107,7 +107,7 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
         ctx.metrics.grant_transition(e.reason);
     }
     // The phase changes at the next validity boundary without any watch event: wake up then.
-    Ok(Action::requeue(plan.requeue_after))
+    Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Removes the grant's Role and RoleBinding; never objects of that name it does not own.
