@@ -353,16 +353,70 @@ pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
 
 /// What a controller keeps of each of its own objects between reconciles: its name and namespace, to find
 /// it again. A reconcile reads the object itself from the apiserver ([`fetch`]), as it reads everything else
-/// it decides on, so the cache holds no spec, status or other metadata: at 10,000 objects of each kind the
-/// whole objects cost about 0.6 KB more each (struct and strings), and they were read only to be compared.
-pub type Cached<K> = kube::api::PartialObjectMeta<K>;
+/// it decides on, so the cache holds no spec, status or other metadata: the whole objects cost about 0.6 KB
+/// more each (struct and strings), and they were read only to be compared. (kube's `PartialObjectMeta`
+/// would do, with 48 bytes more per object for a `TypeMeta` nothing reads.)
+pub struct Cached<K> {
+    metadata: kube::api::ObjectMeta,
+    kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Cached<K> {
+    fn clone(&self) -> Self {
+        Cached { metadata: self.metadata.clone(), kind: std::marker::PhantomData }
+    }
+}
+
+impl<K> std::fmt::Debug for Cached<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("namespace", &self.metadata.namespace)
+            .field("name", &self.metadata.name)
+            .finish()
+    }
+}
+
+/// Never read from the apiserver (built from the whole object's watch events), but kube's `Controller` asks.
+impl<'de, K> serde::Deserialize<'de> for Cached<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            metadata: kube::api::ObjectMeta,
+        }
+        let Meta { metadata } = Meta::deserialize(d)?;
+        Ok(Cached { metadata, kind: std::marker::PhantomData })
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Cached<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 fn cached<K: Resource>(obj: &K) -> Cached<K> {
     let m = obj.meta();
-    kube::api::PartialObjectMeta {
-        types: None,
+    Cached {
         metadata: kube::api::ObjectMeta { name: m.name.clone(), namespace: m.namespace.clone(), ..Default::default() },
-        _phantom: std::marker::PhantomData,
+        kind: std::marker::PhantomData,
     }
 }
 
@@ -664,6 +718,25 @@ mod tests {
         )
         .await;
         assert!(res.is_err());
+    }
+
+    #[test]
+    fn the_cache_keeps_only_what_finds_the_object_again() {
+        let mut a = deleting_agent();
+        a.metadata.uid = Some("uid-1".into());
+        a.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+        let c = cached(&a);
+        let want =
+            kube::api::ObjectMeta { name: Some("a".into()), namespace: Some("agents".into()), ..Default::default() };
+        assert_eq!(c.meta(), &want);
+        // The same kind to the apiserver and to owner references (`owns_stream` matches on them).
+        assert_eq!(Cached::<AgentIdentity>::kind(&()), "AgentIdentity");
+        assert_eq!(Cached::<AgentIdentity>::api_version(&()), AgentIdentity::api_version(&()));
+        assert_eq!(Cached::<AgentIdentity>::plural(&()), AgentIdentity::plural(&()));
+        assert_eq!(ObjectRef::from_obj(&c), ObjectRef::<Cached<AgentIdentity>>::new("a").within("agents"));
+        assert_eq!(std::mem::size_of::<Cached<AgentIdentity>>(), std::mem::size_of::<kube::api::ObjectMeta>());
+        let event = cached_event(&kube::runtime::watcher::Event::Delete(a));
+        assert!(matches!(event, kube::runtime::watcher::Event::Delete(o) if o.meta() == &want));
     }
 
     #[test]
