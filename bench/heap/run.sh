@@ -42,9 +42,12 @@ $WRAP target/release/agentid run --operator-namespace agentid-system --watch-nam
   --broker-addr "127.0.0.1:$(port)" --pdp-addr "127.0.0.1:$(port)" \
   --webhook-client-ca-file "$AGENTID_CLUSTER_DIR/pki/webhook-client-ca.crt" \
   --webhook-configuration agentid-heap --webhook-scope agentid.dev/bench=heap >"$out/operator.log" 2>&1 &
+# The operator itself (its command line starts with the binary; heaptrack's wrapper and the subshells it forks
+# on the way do not), still there a second later.
 for _ in $(seq 1 50); do
-  pid=$(pgrep -f "release/agentid run --operator-namespace agentid-system --watch-namespace heap" | tail -1 || true)
-  [ -n "$pid" ] && break
+  pid=$(pgrep -f "^target/release/agentid run --operator-namespace agentid-system --watch-namespace heap" | tail -1 || true)
+  [ -n "$pid" ] && sleep 1 && [ -e "/proc/$pid" ] && break
+  pid=
   sleep 0.2
 done
 [ -n "$pid" ] || { echo "the operator did not start; $out/operator.log" >&2; exit 1; }
