@@ -1,6 +1,7 @@
 //! The I/O shells around the pure core: kube-runtime controllers.
 //! Each reconcile is fetch → `core` decides → apply → status.
 
+pub mod deadlines;
 pub mod identity;
 pub mod leader;
 pub mod task;
@@ -50,13 +51,24 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The audit trail (with `--audit-dir`): lifecycle changes are recorded in it.
     pub audit: Option<Arc<crate::audit::AuditTrail>>,
+    /// When grants and tasks change phase by the passing of time alone ([`deadlines`]).
+    pub grant_deadlines: Arc<deadlines::Deadlines>,
+    pub task_deadlines: Arc<deadlines::Deadlines>,
 }
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: "agentid".into(), instance: Some(config.instance.clone()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, config, recorder, metrics, audit: None }
+        Self {
+            client,
+            config,
+            recorder,
+            metrics,
+            audit: None,
+            grant_deadlines: Default::default(),
+            task_deadlines: Default::default(),
+        }
     }
 
     /// Records a lifecycle change in the audit trail, if there is one (without waiting; a full trail

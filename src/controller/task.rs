@@ -43,9 +43,11 @@ pub async fn run(ctx: Arc<Context>) {
     let (store, tasks) = super::main_stream(tasks, move |e| {
         observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |t: &AgentTask| t.spec.agent_ref.name.as_str())
     });
+    let due = super::deadlines::due(ctx.task_deadlines.clone(), store.clone());
     let stream = Controller::for_stream(tasks, store)
         .owns_stream(anchor_changes)
         .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
+        .reconcile_on(due)
         .with_config(super::controller_config())
         .trigger_backoff(super::watch_backoff())
         .shutdown_on_signal()
@@ -113,7 +115,12 @@ async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
         plan.reason,
     ));
     // The phase changes at expiry without any watch event: wake up then.
-    Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+    // Its phase changes by the passing of time alone at this instant: look again then (every other input is
+    // watched, so nothing else is scheduled).
+    if let Some(at) = plan.wake_at {
+        ctx.task_deadlines.at(&ns, &task.name_any(), at);
+    }
+    Ok(plan.retry_after.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Deletes the task's own anchor (exactly the fetched one) and counts the revocation.

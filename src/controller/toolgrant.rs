@@ -42,10 +42,12 @@ pub async fn run(ctx: Arc<Context>) {
     let (store, grants) = super::main_stream(grants, move |e| {
         observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |g: &ToolGrant| g.spec.agent_ref.name.as_str())
     });
+    let due = super::deadlines::due(ctx.grant_deadlines.clone(), store.clone());
     let stream = Controller::for_stream(grants, store)
         .owns_stream(role_changes)
         .owns_stream(binding_changes)
         .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
+        .reconcile_on(due)
         .with_config(super::controller_config())
         .trigger_backoff(super::watch_backoff())
         .shutdown_on_signal()
@@ -107,7 +109,12 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
         ctx.metrics.grant_transition(e.reason);
     }
     // The phase changes at the next validity boundary without any watch event: wake up then.
-    Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+    // Its phase changes by the passing of time alone at this instant: look again then (every other input is
+    // watched, so nothing else is scheduled).
+    if let Some(at) = plan.next_boundary {
+        ctx.grant_deadlines.at(&ns, &grant.name_any(), at);
+    }
+    Ok(plan.retry_after.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Removes the grant's Role and RoleBinding; never objects of that name it does not own.

@@ -37,12 +37,6 @@ pub mod reason {
 pub const GRANT_LABEL: &str = "agentid.dev/toolgrant";
 /// Prefix of the Role and RoleBinding of a grant.
 pub const RBAC_NAME_PREFIX: &str = "agentid-grant-";
-/// Longest look-ahead of a reconcile with a boundary ahead (a grant's validFrom/validUntil, a task's
-/// expiry): a boundary further away is looked at again after this, so a wall-clock step can delay it at most
-/// this much. Nothing is scheduled without a boundary: every other input is watched.
-pub const RESYNC: Duration = Duration::from_secs(30 * 60);
-/// Shortest requeue, so a boundary a few milliseconds away does not spin the controller.
-pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// How soon to look again after a name conflict (foreign objects trigger no watch event of ours).
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
@@ -192,22 +186,11 @@ pub struct GrantPlan {
     pub status: ToolGrantStatus,
     /// The next validity boundary: the phase may change then without any watch event.
     pub next_boundary: Option<Timestamp>,
-    /// When to reconcile again: at the next boundary, within [`MIN_REQUEUE`]..=[`RESYNC`]; `None`: only
-    /// when something it depends on changes (the grant, its agent, its Role or RoleBinding are all watched),
-    /// so a grant with nothing ahead holds no timer.
-    pub requeue_after: Option<Duration>,
+    /// When to look again sooner than [`next_boundary`](Self::next_boundary) or a watch event says: after a
+    /// name conflict (a foreign object in the way triggers no watch event of ours), [`CONFLICT_RETRY`].
+    pub retry_after: Option<Duration>,
     /// Events to publish: one when the phase changes.
     pub events: Vec<PlannedEvent>,
-}
-
-/// Time until `boundary`, clamped to `MIN_REQUEUE..=RESYNC`; `None` without a boundary.
-pub fn requeue_after(boundary: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
-    boundary.map(|b| Duration::try_from(now.duration_until(b)).unwrap_or(Duration::ZERO).clamp(MIN_REQUEUE, RESYNC))
-}
-
-/// `requeue`, or sooner: within [`CONFLICT_RETRY`] (a foreign object in the way triggers no watch event of ours).
-pub fn retry_conflict(requeue: Option<Duration>) -> Option<Duration> {
-    Some(requeue.map_or(CONFLICT_RETRY, |r| r.min(CONFLICT_RETRY)))
 }
 
 fn contains_meta(have: &ObjectMeta, want: &ObjectMeta) -> bool {
@@ -250,7 +233,7 @@ pub fn plan(
     let owner = grant.controller_owner_ref(&()).ok_or(PlanError::MissingField("metadata.uid"))?;
     let rbac_name = rbac_name(name);
     let (mut current, mut why, mut message, next_boundary) = phase(grant, agent, now);
-    let mut requeue = requeue_after(next_boundary, now);
+    let mut retry = None;
 
     let delete = RbacAction::Delete {
         role: existing.role.is_some_and(|r| is_owned_by(&r.metadata, uid)),
@@ -272,7 +255,7 @@ pub fn plan(
                     "{kind} {namespace}/{rbac_name} already exists and is not managed by this ToolGrant; \
                      agentid leaves it untouched. Delete or rename it"
                 );
-                requeue = retry_conflict(requeue);
+                retry = Some(CONFLICT_RETRY);
                 delete
             } else {
                 let (role, binding) = desired_rbac(grant, agent, owner);
@@ -302,7 +285,7 @@ pub fn plan(
         conditions: conditions::merge(&previous.conditions, &[ready], generation, now),
         observed_generation: generation,
     };
-    Ok(GrantPlan { phase: current, rbac_name, rbac, status, next_boundary, requeue_after: requeue, events })
+    Ok(GrantPlan { phase: current, rbac_name, rbac, status, next_boundary, retry_after: retry, events })
 }
 
 #[cfg(test)]
@@ -526,7 +509,7 @@ mod tests {
         assert_eq!(p.events.len(), 1);
         assert_eq!(p.events[0].reason, reason::GRANT_ACTIVATED);
         assert!(!p.events[0].warning);
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(100)));
+        assert_eq!((p.next_boundary, p.retry_after), (Some(t(100)), None));
     }
 
     #[test]
@@ -584,7 +567,7 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::RBAC_CONFLICT));
         assert!(ready.message.contains("Role agents/agentid-grant-ci"), "{}", ready.message);
         assert!(p.events[0].warning);
-        assert_eq!(p.requeue_after, Some(CONFLICT_RETRY));
+        assert_eq!(p.retry_after, Some(CONFLICT_RETRY));
     }
 
     #[test]
@@ -637,21 +620,11 @@ mod tests {
     }
 
     #[test]
-    fn requeue_lands_on_the_next_boundary_within_bounds() {
-        assert_eq!(requeue_after(None, t(0)), None, "nothing ahead: no timer");
-        assert_eq!(requeue_after(Some(t(8)), t(0)), Some(Duration::from_secs(8)));
-        assert_eq!(requeue_after(Some(t(86_400)), t(0)), Some(RESYNC));
-        assert_eq!(requeue_after(Some(t(0)), t(0)), Some(MIN_REQUEUE));
-        assert_eq!(requeue_after(Some(t(-5)), t(0)), Some(MIN_REQUEUE));
-        assert_eq!(retry_conflict(None), Some(CONFLICT_RETRY));
-        assert_eq!(retry_conflict(Some(Duration::from_secs(5))), Some(Duration::from_secs(5)));
-        let near = t(0).checked_add(k8s_openapi::jiff::SignedDuration::from_millis(200)).unwrap();
-        assert_eq!(requeue_after(Some(near), t(0)), Some(MIN_REQUEUE));
-
+    fn the_next_boundary_is_the_only_time_to_wake_for() {
         let p = plan_at(&grant("soon", Some(5), None), Some(&agent("billing")), t(0));
-        assert_eq!((p.next_boundary, p.requeue_after), (Some(t(5)), Some(Duration::from_secs(5))));
+        assert_eq!((p.next_boundary, p.retry_after), (Some(t(5)), None));
         let p = plan_at(&grant("open", None, None), Some(&agent("billing")), t(0));
-        assert_eq!((p.next_boundary, p.requeue_after), (None, None));
+        assert_eq!((p.next_boundary, p.retry_after), (None, None), "nothing ahead: nothing to wake for");
     }
 
     #[test]

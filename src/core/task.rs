@@ -24,7 +24,7 @@ use crate::api::{
     AGENT_LABEL, AgentIdentity, AgentTask, AgentTaskStatus, MANAGED_BY, MANAGED_BY_LABEL, MIN_TASK_TTL_SECS, TaskPhase,
 };
 use crate::core::conditions::{self, CondUpdate, READY};
-use crate::core::grant::{requeue_after, retry_conflict};
+use crate::core::grant::CONFLICT_RETRY;
 use crate::core::identity::{PlanError, PlannedEvent, is_owned_by};
 use crate::core::names;
 
@@ -281,9 +281,12 @@ pub struct TaskPlan {
     pub status: AgentTaskStatus,
     /// When the task expires; the phase changes then without any watch event.
     pub expires_at: Option<Timestamp>,
-    /// When to reconcile again: at expiry, within `MIN_REQUEUE..=RESYNC`; `None` (final, or no expiry yet):
-    /// only when something it depends on changes (the task, its agent and its anchor are all watched).
-    pub requeue_after: Option<Duration>,
+    /// When the phase changes by the passing of time alone (its expiry, while it is not final): the controller
+    /// looks at the task again then. Everything else it depends on (the task, its agent, its anchor) is watched.
+    pub wake_at: Option<Timestamp>,
+    /// When to look again sooner than that: after an anchor conflict (a foreign Secret triggers no watch event
+    /// of ours), [`CONFLICT_RETRY`].
+    pub retry_after: Option<Duration>,
     /// Events to publish: one when the phase changes.
     pub events: Vec<PlannedEvent>,
 }
@@ -338,12 +341,8 @@ pub fn plan(
         _ => AnchorAction::Keep,
     };
 
-    let requeue = if d.phase.is_terminal() {
-        None
-    } else {
-        let r = requeue_after(d.expires_at.filter(|at| *at > now), now);
-        if d.reason == reason::ANCHOR_CONFLICT { retry_conflict(r) } else { r }
-    };
+    let wake_at = d.expires_at.filter(|at| !d.phase.is_terminal() && *at > now);
+    let retry_after = (d.reason == reason::ANCHOR_CONFLICT).then_some(CONFLICT_RETRY);
     let previous = task.status.clone().unwrap_or_default();
     let events = if previous.phase == Some(d.phase) { Vec::new() } else { vec![event_for(d.phase, &d.message)] };
     let active = d.phase == TaskPhase::Active;
@@ -366,7 +365,8 @@ pub fn plan(
         anchor: action,
         status,
         expires_at: d.expires_at,
-        requeue_after: requeue,
+        wake_at,
+        retry_after,
         events,
     })
 }
@@ -469,7 +469,6 @@ pub fn token_request(
 mod tests {
     use super::*;
     use crate::api::{AgentIdentityStatus, AgentRef, AgentTaskSpec};
-    use crate::core::grant::{CONFLICT_RETRY, MIN_REQUEUE, RESYNC};
     use crate::core::names::{MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
 
     const T0: i64 = 1_800_000_000;
@@ -568,9 +567,9 @@ mod tests {
         assert_eq!(p.events.len(), 1);
         assert_eq!(p.events[0].reason, reason::TASK_ACTIVATED);
         assert!(!p.events[0].warning);
-        assert_eq!(p.requeue_after, Some(RESYNC), "an hour away: looked at again within the resync");
+        assert_eq!(p.wake_at, Some(t(3600)), "wakes up at expiry");
         let p = plan_at(&task("short", "10m"), Some(&a), None, t(0));
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(600)), "wakes up at expiry");
+        assert_eq!(p.wake_at, Some(t(600)), "wakes up at expiry");
     }
 
     #[test]
@@ -603,7 +602,7 @@ mod tests {
         let p = plan_at(&tk, Some(&a), None, t(2000));
         assert!(matches!(p.anchor, AnchorAction::Apply(_)));
         assert_eq!((p.status.issued_at, p.status.expires_at), (Some(Time(t(0))), Some(Time(t(3600)))));
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(1600)));
+        assert_eq!(p.wake_at, Some(t(3600)));
     }
 
     #[test]
@@ -630,7 +629,7 @@ mod tests {
         let anchor = created_anchor(&first, t(0));
         let before = plan_at(&tk, Some(&a), Some(&anchor), t(599));
         assert_eq!((before.phase, before.anchor.clone()), (TaskPhase::Active, AnchorAction::Keep));
-        assert_eq!(before.requeue_after, Some(MIN_REQUEUE));
+        assert_eq!(before.wake_at, Some(t(600)));
         let at = plan_at(&tk, Some(&a), Some(&anchor), t(600));
         assert_eq!(at.phase, TaskPhase::Expired);
         assert_eq!(at.anchor, AnchorAction::Delete(Revocation::Expired));
@@ -640,7 +639,7 @@ mod tests {
         assert_eq!((status.as_str(), reason.as_str()), ("False", reason::EXPIRED));
         assert!(message.contains("2027-01-15T08:10:00Z"), "{message}");
         assert_eq!(at.events[0].reason, reason::TASK_EXPIRED);
-        assert_eq!(at.requeue_after, None, "final: no timer");
+        assert_eq!(at.wake_at, None, "final: nothing to wake for");
     }
 
     #[test]
@@ -701,7 +700,7 @@ mod tests {
         );
         assert_eq!(p.events[0].reason, reason::TASK_PENDING);
         assert!(p.events[0].warning);
-        assert_eq!(p.requeue_after, None, "pending: its agent's change wakes it");
+        assert_eq!(p.wake_at, None, "pending: its agent's change wakes it");
     }
 
     #[test]
@@ -713,7 +712,7 @@ mod tests {
         assert_eq!(p.phase, TaskPhase::Pending);
         assert_eq!(p.anchor, AnchorAction::Delete(Revocation::AgentChanged));
         assert_eq!(p.status.expires_at, Some(Time(t(3600))));
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(1600)), "still expires on time");
+        assert_eq!(p.wake_at, Some(t(3600)), "still expires on time");
         assert_eq!(plan_at(&tk, None, None, t(3600)).phase, TaskPhase::Expired);
     }
 
@@ -760,7 +759,7 @@ mod tests {
         assert_eq!(p.events[0].reason, reason::TASK_REVOKED);
         assert!(p.events[0].warning);
         assert_eq!(p.status.anchor, None);
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(1100)), "becomes Expired on time while suspended");
+        assert_eq!(p.wake_at, Some(t(1200)), "becomes Expired on time while suspended");
 
         // Resumed before expiry: Active again, a new anchor, the same expiry (suspension does not extend it).
         a.spec.suspended = false;
@@ -827,7 +826,7 @@ mod tests {
             (None, None, None)
         );
         assert!(p.events[0].warning);
-        assert_eq!(p.requeue_after, Some(CONFLICT_RETRY));
+        assert_eq!(p.retry_after, Some(CONFLICT_RETRY));
 
         // The anchor of another task (say, a deleted and re-created one of the same name) is foreign too.
         let other = created_anchor(&plan_at(&task("fix", "1h"), Some(&a), None, t(0)), t(0));
@@ -868,18 +867,6 @@ mod tests {
                 reason::TASK_EXPIRED
             ]
         );
-    }
-
-    #[test]
-    fn requeue_lands_on_expiry_within_bounds() {
-        let a = agent("triage");
-        let p = plan_at(&task("long", "12h"), Some(&a), None, t(0));
-        assert_eq!(p.requeue_after, Some(RESYNC));
-        let mut tk = task("fix", "10m");
-        step(&mut tk, Some(&a), None, t(0));
-        let near = t(599).checked_add(SignedDuration::from_millis(900)).unwrap();
-        assert_eq!(plan_at(&tk, Some(&a), None, near).requeue_after, Some(MIN_REQUEUE));
-        assert_eq!(plan_at(&tk, Some(&a), None, t(300)).requeue_after, Some(Duration::from_secs(300)));
     }
 
     #[test]
