@@ -13,6 +13,7 @@ RULES = [
     ("connections and I/O buffers (hyper, rustls, bytes)", ["(bytes_mut.rs)", "(conn.rs)", "(buffers.rs)", "rustls"]),
     ("controllers' caches of their own objects (kube reflector Store)", ["apply_watcher_event"]),
     ("controllers' timers (kube scheduler: requeues)", ["schedule_message", "delay_queue"]),
+    ("controllers' clock (src/controller/deadlines.rs: validity boundaries, expiries)", ["(deadlines.rs)"]),
     ("decision point state (src/core/pdp/snapshot.rs, src/pdp/watch.rs)",
      ["(snapshot.rs)", "upsert_agent", "upsert_grant", "upsert_task", "(watch.rs)"]),
     ("agent directories of admission and scan (src/webhook/agents.rs)", ["(agents.rs)", "(rules.rs)"]),
