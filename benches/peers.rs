@@ -8,7 +8,13 @@
 //!   binary Cargo built for this bench, run from a copy as its own process, registered by URL on
 //!   127.0.0.1 with the apiserver's client certificate required, as in benches/cluster.rs);
 //! - **agentid, agent pod**: the same namespace, a pod of an AgentIdentity, which adds the
-//!   SubjectAccessReview of `agent-use-denied` (no VAP can do this one; shown for its cost).
+//!   SubjectAccessReview of `agent-use-denied` (no VAP can do this one; shown for its cost);
+//! - **null webhook**: the floor of any admission webhook. agentid's own listener (`src/server`: the same
+//!   rustls, HTTP/2, limits and client-certificate check), registered the same way, with a handler that
+//!   reads the request's uid and name and allows (it refuses only names starting `deny-`, so the preflight
+//!   can prove it is called). It runs as a process of its own (this program, re-executed), like the
+//!   operator. What agentid adds over it is agentid's judging; what it adds over no policy is the webhook
+//!   protocol itself: the apiserver encoding the object, TLS, HTTP/2 and the answer's decoding.
 //!
 //! The same good pod (two containers, env, args, a projected token; nothing any judge refuses) is created
 //! at a fixed concurrency of 1 and then 16 requests in flight. The configurations are interleaved: in
@@ -48,8 +54,14 @@ const TOOL_AUDIENCE: &str = "https://tools.example.com";
 const WARMUP: usize = 30;
 const WEBHOOK: &str = "enforce.workloads.agentid.dev";
 const VAP: &str = "peers.agentid.dev";
+const NULL_WEBHOOK: &str = "null.peers.agentid.dev";
+/// Set (to the directory with its certificate and port): this program is the null webhook.
+const NULL_WEBHOOK_ENV: &str = "AGENTID_PEERS_NULL_WEBHOOK";
 
 fn main() {
+    if let Ok(dir) = std::env::var(NULL_WEBHOOK_ENV) {
+        null_webhook::serve(Path::new(&dir));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
         tokio::select! {
@@ -141,6 +153,9 @@ async fn run() -> Res<()> {
         );
         Some((ns, op))
     };
+    let null_ns = namespace(&client, &format!("peers-null-{id}"), &[("agentid.dev/peers", "null")]).await?;
+    let null = null_webhook::NullWebhook::start(&client, &cluster_dir, &id).await?;
+    println!("- null webhook: pid {}, `{}`", null.pid(), null.url);
     let agents: Api<AgentIdentity> = Api::namespaced(client.clone(), &wh);
     let agent: AgentIdentity = serde_json::from_value(json!({
         "apiVersion": "agentid.dev/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": "triage"},
@@ -150,6 +165,7 @@ async fn run() -> Res<()> {
     agents.create(&PostParams::default(), &agent).await.map_err(|e| format!("AgentIdentity: {e}"))?;
 
     preflight(&client, &none, &vap, &wh, true).await?;
+    null_webhook::preflight(&client, &null_ns).await?;
     if let Some((ns, _)) = &variant {
         preflight(&client, &none, &vap, ns, false).await?;
     }
@@ -162,6 +178,7 @@ async fn run() -> Res<()> {
         Config { label: "VAP (bench/peers/vap.yaml)".into(), ns: vap.clone(), agent: false },
         Config { label: "agentid webhook, enforce".into(), ns: wh.clone(), agent: false },
         Config { label: "agentid webhook, agent pod (+ SubjectAccessReview)".into(), ns: wh.clone(), agent: true },
+        Config { label: "null webhook (agentid's listener, allows)".into(), ns: null_ns.clone(), agent: false },
     ];
     if let Some((ns, _)) = &variant {
         let mut what: Vec<String> = variant_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -198,6 +215,7 @@ async fn run() -> Res<()> {
     }
     drop(op);
     drop(variant);
+    drop(null);
     println!("load average at the end: {}; bench runtime {:.1} s", loadavg(), started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -324,6 +342,8 @@ async fn preflight(client: &Client, none: &str, vap: &str, wh: &str, agent_pods:
 struct Scrape {
     /// apiserver_admission_webhook_admission_duration_seconds of the workload webhook, (sum, count).
     webhook_call: (f64, f64),
+    /// The same of the null webhook.
+    null_call: (f64, f64),
     /// apiserver_validating_admission_policy_check_duration_seconds of the bench's VAP.
     vap_check: (f64, f64),
     /// agentid_admission_duration_seconds{mode="enforce"}.
@@ -342,6 +362,11 @@ impl Scrape {
                 &api,
                 "apiserver_admission_webhook_admission_duration_seconds",
                 &[&format!("name=\"{WEBHOOK}\""), "operation=\"CREATE\""],
+            ),
+            null_call: histogram(
+                &api,
+                "apiserver_admission_webhook_admission_duration_seconds",
+                &[&format!("name=\"{NULL_WEBHOOK}\""), "operation=\"CREATE\""],
             ),
             vap_check: histogram(
                 &api,
@@ -464,6 +489,12 @@ fn print_table(
             );
         }
         out.push('\n');
+    }
+    if let Some((call, n)) = per_call_ms(before.null_call, after.null_call) {
+        let _ = writeln!(
+            out,
+            "- apiserver → null webhook call (same metric): {call:.3} ms mean over {n} calls: the webhook protocol's own cost, on agentid's listener"
+        );
     }
     if let (Some(b), Some(a)) = (before.variant_handler, after.variant_handler)
         && let Some((h, n)) = per_call_ms(b, a)
@@ -627,4 +658,162 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         Some((status, body))
     };
     tokio::time::timeout(Duration::from_secs(5), io).await.ok().flatten()
+}
+
+// ------------------------------------------------------------- the null webhook
+
+mod null_webhook {
+    use super::*;
+    use agentid::server::listener::{Limits, Listener, TlsHandle};
+    use agentid::server::tls::{TlsMaterial, generate_ca, generate_serving, server_config};
+    use axum::response::IntoResponse;
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use kube::api::DeleteParams;
+
+    /// Runs the null webhook until killed: certificate, key, client CA and port from `dir`.
+    pub fn serve(dir: &Path) -> ! {
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()));
+        let material =
+            TlsMaterial { cert_pem: read("tls.crt"), key_pem: read("tls.key"), ca_pem: None, not_after: None };
+        let port: u16 = String::from_utf8_lossy(&read("port")).trim().parse().expect("port");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = server_config(&material, Some(&read("client-ca.crt"))).expect("TLS config");
+        let app = axum::Router::new().route("/validate", axum::routing::post(allow));
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        rt.block_on(async {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let listener = Listener::bind("webhook", addr, TlsHandle::new(tls), app, Limits::default()).expect("bind");
+            listener.run().await;
+        });
+        std::process::exit(0)
+    }
+
+    /// Allows everything but names starting `deny-`; reads nothing else of the review.
+    async fn allow(body: axum::body::Bytes) -> axum::response::Response {
+        #[derive(serde::Deserialize)]
+        struct Review {
+            request: Request,
+        }
+        #[derive(serde::Deserialize)]
+        struct Request {
+            uid: String,
+            #[serde(default)]
+            name: String,
+        }
+        match serde_json::from_slice::<Review>(&body) {
+            Ok(Review { request }) => {
+                let allowed = !request.name.starts_with("deny-");
+                let mut response = json!({"uid": request.uid, "allowed": allowed});
+                if !allowed {
+                    response["status"] = json!({"code": 403, "message": "null webhook: refused by name"});
+                }
+                axum::Json(
+                    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+                )
+                .into_response()
+            }
+            Err(e) => (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    }
+
+    /// The running null webhook and its registration; both go when dropped.
+    pub struct NullWebhook {
+        child: Child,
+        pub url: String,
+        configuration: String,
+        client: Client,
+        pid_file: PathBuf,
+    }
+
+    impl NullWebhook {
+        pub async fn start(client: &Client, cluster_dir: &Path, id: &str) -> Res<NullWebhook> {
+            let dir = cluster_dir.join("null-webhook");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let now = Timestamp::now();
+            let (ca, ca_key) = generate_ca(now).map_err(|e| e.to_string())?;
+            let (cert, key, _) =
+                generate_serving(&ca_key, &["127.0.0.1".to_string()], now, Duration::from_secs(86_400))
+                    .map_err(|e| e.to_string())?;
+            let port = free_port()?;
+            let client_ca = cluster_dir.join("pki/webhook-client-ca.crt");
+            std::fs::copy(&client_ca, dir.join("client-ca.crt"))
+                .map_err(|e| format!("{}: {e}", client_ca.display()))?;
+            for (f, v) in [("tls.crt", cert), ("tls.key", key), ("port", port.to_string())] {
+                std::fs::write(dir.join(f), v).map_err(|e| format!("{f}: {e}"))?;
+            }
+            let log = File::create(cluster_dir.join("logs/null-webhook.log")).map_err(|e| e.to_string())?;
+            let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+                .env(NULL_WEBHOOK_ENV, &dir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot start the null webhook: {e}"))?;
+            let pid_file = cluster_dir.join("pids/null-webhook");
+            let _ = std::fs::write(&pid_file, format!("{}\n", child.id()));
+            let url = format!("https://127.0.0.1:{port}/validate");
+            let configuration = format!("agentid-peers-null-{id}");
+            let vwc: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": configuration},
+                "webhooks": [{
+                    "name": NULL_WEBHOOK,
+                    "clientConfig": {"url": url, "caBundle": base64_of(ca.as_bytes())},
+                    "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                    "namespaceSelector": {"matchLabels": {"agentid.dev/peers": "null"}},
+                    "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+                    "timeoutSeconds": 10
+                }]
+            }))
+            .map_err(|e| e.to_string())?;
+            let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+            api.create(&PostParams::default(), &vwc).await.map_err(|e| format!("null webhook registration: {e}"))?;
+            Ok(NullWebhook { child, url, configuration, client: client.clone(), pid_file })
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+    }
+
+    impl Drop for NullWebhook {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_file(&self.pid_file);
+            let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+            let name = self.configuration.clone();
+            // Dropped inside the runtime: the delete runs on its own thread with a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(async { api.delete(&name, &DeleteParams::default()).await }))
+            })
+            .join();
+        }
+    }
+
+    fn base64_of(bytes: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// The null webhook is in the path: a `deny-` pod is refused by it, a good pod admitted.
+    pub async fn preflight(client: &Client, ns: &str) -> Res<()> {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let name = format!("deny-{}", Timestamp::now().as_millisecond());
+            match pods.create(&PostParams::default(), &good_pod(&name, false)).await {
+                Err(kube::Error::Api(s)) if s.message.contains("null webhook") => break,
+                other if Instant::now() > deadline => return Err(format!("null webhook preflight: got {other:?}")),
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        pods.create(&PostParams::default(), &good_pod(&format!("ok-{}", Timestamp::now().as_millisecond()), false))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("null webhook refused a good pod: {e}"))
+    }
 }

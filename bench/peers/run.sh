@@ -2,7 +2,8 @@
 # agentid side by side with what a user would pick instead (`make bench-peers`, issue 11):
 #
 #   1. Admission latency through a real kube-apiserver (benches/peers.rs): no policy / the
-#      ValidatingAdmissionPolicy bench/peers/vap.yaml / agentid's webhook in enforce mode, interleaved, at
+#      ValidatingAdmissionPolicy bench/peers/vap.yaml / agentid's webhook in enforce mode / a null webhook
+#      on agentid's listener (the webhook protocol's own cost), interleaved, at
 #      concurrency 1 and 16; p50/p90/p99 and the latency each adds to no policy.
 #   2. `agentid check` and conftest (bench/peers/rego/policy.rego) on the same 10,000 generated manifests
 #      (bench/peers/gen.py): agreement on every workload manifest first (bench/peers/agree.py), then wall
@@ -96,8 +97,10 @@ admission_section() {
   cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    local f="$AGENTID_CLUSTER_DIR/pids/agentid-variant"
-    if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+    local f
+    for f in "$AGENTID_CLUSTER_DIR/pids/agentid-variant" "$AGENTID_CLUSTER_DIR/pids/null-webhook"; do
+      if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+    done
     e2e/cluster.sh down || true
     if [ $rc -ne 0 ]; then
       echo "== bench failed (exit $rc); logs kept in $AGENTID_CLUSTER_DIR/logs" >&2
