@@ -114,7 +114,6 @@ async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
         &task.spec.agent_ref.name,
         plan.reason,
     ));
-    // The phase changes at expiry without any watch event: wake up then.
     // Its phase changes by the passing of time alone at this instant: look again then (every other input is
     // watched, so nothing else is scheduled).
     if let Some(at) = plan.wake_at {

@@ -108,7 +108,6 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
     for e in &plan.events {
         ctx.metrics.grant_transition(e.reason);
     }
-    // The phase changes at the next validity boundary without any watch event: wake up then.
     // Its phase changes by the passing of time alone at this instant: look again then (every other input is
     // watched, so nothing else is scheduled).
     if let Some(at) = plan.next_boundary {
