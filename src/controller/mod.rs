@@ -157,6 +157,32 @@ pub fn controller_config() -> kube::runtime::controller::Config {
 /// Finalizer that lets agentid remove what it created before one of its objects goes.
 pub const FINALIZER: &str = "agentid.dev/cleanup";
 
+/// One reconcile of the object `cached` stands for: read as it is now ([`fetch`]; gone meanwhile: its deletion
+/// was handled by the reconcile before it went), then [`reconcile_with_finalizer`].
+pub async fn reconcile_cached<K, A, FA, C, FC>(
+    ctx: &Context,
+    kind: &str,
+    cached: &Cached<K>,
+    apply: A,
+    cleanup: C,
+) -> crate::Result<kube::runtime::controller::Action>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    A: FnOnce(Arc<K>) -> FA,
+    FA: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+    C: FnOnce(Arc<K>) -> FC,
+    FC: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+{
+    match fetch(ctx, cached).await? {
+        Some(obj) => reconcile_with_finalizer(ctx, kind, Arc::new(obj), apply, cleanup).await,
+        None => Ok(kube::runtime::controller::Action::await_change()),
+    }
+}
+
 /// One reconcile of a namespaced agentid object through the cleanup finalizer, timed and counted.
 pub async fn reconcile_with_finalizer<K, A, FA, C, FC>(
     ctx: &Context,

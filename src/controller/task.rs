@@ -57,9 +57,7 @@ pub async fn run(ctx: Arc<Context>) {
 
 #[instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
 pub async fn reconcile(cached: Arc<super::Cached<AgentTask>>, ctx: Arc<Context>) -> Result<Action> {
-    // Read as it is now; gone meanwhile: its deletion was handled by the reconcile before it went.
-    let Some(task) = super::fetch(&ctx, &cached).await? else { return Ok(Action::await_change()) };
-    super::reconcile_with_finalizer(&ctx, KIND, Arc::new(task), |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
+    super::reconcile_cached(&ctx, KIND, &cached, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {

@@ -118,8 +118,19 @@ pub struct Decision {
 }
 
 /// `spec.ttl` as a duration (`None` when it does not parse).
-pub fn ttl(task: &AgentTask) -> Option<SignedDuration> {
+fn ttl(task: &AgentTask) -> Option<SignedDuration> {
     duration::parse(&task.spec.ttl).ok().and_then(|d| SignedDuration::try_from(d).ok())
+}
+
+/// When a task that became Active at `issued` ends: `issued` + `spec.ttl` (`None` without a parseable ttl).
+pub fn end_after(task: &AgentTask, issued: Timestamp) -> Option<Timestamp> {
+    ttl(task).and_then(|ttl| issued.checked_add(ttl).ok())
+}
+
+/// `recorded` (a status's `expiresAt`), bounded by the end its ttl gives from `issued`: a status written by
+/// someone other than the controller cannot stretch a task.
+pub fn bounded_end(task: &AgentTask, issued: Option<Timestamp>, recorded: Timestamp) -> Timestamp {
+    issued.and_then(|at| end_after(task, at)).map_or(recorded, |end| end.min(recorded))
 }
 
 /// The phase of a task at `now`, given its agent (`None`: no AgentIdentity of that name in the task's
@@ -137,7 +148,7 @@ pub fn decide(task: &AgentTask, agent: Option<&AgentIdentity>, issued: Option<Ti
     let namespace = task.metadata.namespace.as_deref().unwrap_or_default();
     let previous = task.status.as_ref().and_then(|s| s.phase);
     let ttl = ttl(task);
-    let expiry = |issued: Timestamp| ttl.and_then(|ttl| issued.checked_add(ttl).ok());
+    let expiry = |issued: Timestamp| end_after(task, issued);
     let expires = issued.and_then(expiry);
     let decision =
         |phase, reason, message: String| Decision { phase, reason, message, issued_at: issued, expires_at: expires };
@@ -417,8 +428,7 @@ pub fn token_request(
     };
     // The end the anchor proves (its creation + spec.ttl) bounds the one in the status, which whoever may
     // write agenttasks/status could have moved later.
-    let proven_end = issued_at(task, Some(anchor)).zip(ttl(task)).and_then(|(at, ttl)| at.checked_add(ttl).ok());
-    let expires_at = proven_end.map_or(recorded_end, |end| end.min(recorded_end));
+    let expires_at = bounded_end(task, issued_at(task, Some(anchor)), recorded_end);
     if now >= expires_at {
         return Err(TaskError::Expired { task: task_name, at: expires_at });
     }

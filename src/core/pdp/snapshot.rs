@@ -104,16 +104,6 @@ impl TaskEntry {
     fn from_object(task: &AgentTask) -> Option<TaskEntry> {
         let status = task.status.as_ref();
         let issued_at = status.and_then(|s| s.issued_at.as_ref()).map(|t| t.0);
-        // The end as the controller computes it (issuedAt + spec.ttl) bounds what the status says: a
-        // status written by someone else than the controller cannot stretch a task at the decision point.
-        let ttl = crate::core::task::ttl(task);
-        let by_ttl = issued_at.zip(ttl).and_then(|(at, ttl)| at.checked_add(ttl).ok());
-        let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, None) => a,
-            // No expiresAt in the status: the task is not Active as the controller wrote it.
-            (None, Some(_)) => None,
-        };
         Some(TaskEntry {
             name: task.metadata.name.clone()?,
             namespace: task.metadata.namespace.clone()?,
@@ -123,7 +113,10 @@ impl TaskEntry {
             phase: status.and_then(|s| s.phase),
             completed: task.spec.completed,
             issued_at,
-            expires_at: earliest(status.and_then(|s| s.expires_at.as_ref()).map(|t| t.0), by_ttl),
+            // Bounded by issuedAt + spec.ttl, as the controller computes it (no expiresAt: not Active).
+            expires_at: status
+                .and_then(|s| s.expires_at.as_ref())
+                .map(|t| crate::core::task::bounded_end(task, issued_at, t.0)),
             anchor: status.and_then(|s| s.anchor.clone()),
             audiences: task.spec.audiences.clone(),
         })
