@@ -17,3 +17,4 @@ pub mod ratelimit;
 pub mod report;
 pub mod status;
 pub mod task;
+pub mod uid;

@@ -726,7 +726,7 @@ mod tests {
         let s = state(true, keys, Snapshot::build(&[agent], &[grant], &[], "cluster.local"));
         s.accounts.write().unwrap().insert(
             ("agents".into(), sa.clone()),
-            AccountEntry { uid: format!("{sa}-uid"), agent: "bot".into(), agent_uid: "uid-bot".into() },
+            AccountEntry { uid: format!("{sa}-uid").into(), agent: "bot".into(), agent_uid: "uid-bot".into() },
         );
         let exp = k8s_openapi::jiff::Timestamp::now().as_second() + 300;
         let token = signer.sign(&claims("agents", &sa, "agentid-pdp", exp, None));
@@ -772,7 +772,7 @@ mod tests {
             let uid = a.metadata.uid.clone().unwrap();
             s.accounts.write().unwrap().insert(
                 ("agents".into(), sa.clone()),
-                AccountEntry { uid: format!("{sa}-uid"), agent: name, agent_uid: uid },
+                AccountEntry { uid: format!("{sa}-uid").into(), agent: name, agent_uid: uid.into() },
             );
         }
         let with_principal = |principal: &str, auth: Option<&str>| {

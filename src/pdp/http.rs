@@ -348,7 +348,7 @@ mod tests {
         let account = AccountEntry {
             uid: "agent-bot-uid".into(),
             agent: "bot".into(),
-            agent_uid: agent.metadata.uid.clone().unwrap(),
+            agent_uid: agent.metadata.uid.clone().unwrap().into(),
         };
         state.accounts.write().unwrap().insert(("agents".into(), "agent-bot".into()), account);
         state.ready.store(true, std::sync::atomic::Ordering::Release);

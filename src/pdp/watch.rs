@@ -20,6 +20,7 @@ use super::PdpState;
 use crate::api::{AGENT_LABEL, AgentIdentity, AgentTask, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant};
 use crate::core::pdp::caller::{AccountEntry, AnchorEntry};
 use crate::core::task::TASK_LABEL;
+use crate::core::uid::Uid;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 
 /// Number of watches that must list before the decision point is ready.
@@ -167,7 +168,8 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
             else {
                 return;
             };
-            let entry = AccountEntry { uid: o.uid().unwrap_or_default(), agent, agent_uid };
+            let entry =
+                AccountEntry { uid: Uid::new(&o.uid().unwrap_or_default()), agent, agent_uid: agent_uid.into() };
             s.accounts.write().unwrap_or_else(|p| p.into_inner()).insert((ns, name), entry);
         },
         |s, ns, n| {
@@ -187,7 +189,7 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         key_of::<PartialObjectMeta<Secret>>,
         |s, o| {
             let (Some((ns, name)), Some((task, task_uid))) = (key_of(o), owner_uid(o, "AgentTask")) else { return };
-            let entry = AnchorEntry { uid: o.uid().unwrap_or_default(), task, task_uid };
+            let entry = AnchorEntry { uid: Uid::new(&o.uid().unwrap_or_default()), task, task_uid: task_uid.into() };
             s.anchors.write().unwrap_or_else(|p| p.into_inner()).insert((ns, name), entry);
         },
         |s, ns, n| {

@@ -173,8 +173,10 @@ async fn validate_workloads(Path(mode): Path<String>, State(s): State<Arc<Webhoo
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
+    // Decoded once, straight from the request's text, for both the `use` check and the judge.
+    let workloads = review::Workloads::of(&req);
     // Running as an agent needs `use` on it: one SubjectAccessReview, only for agent workloads.
-    let use_denied = match review::agent_use_check(&req, s.agents.as_ref()) {
+    let use_denied = match review::agent_use_check(&req, &workloads, s.agents.as_ref()) {
         None => None,
         Some(_) if !s.budget(1, "agent_use") => {
             let response = match mode {
@@ -199,7 +201,15 @@ async fn validate_workloads(Path(mode): Path<String>, State(s): State<Arc<Webhoo
     };
     let judgement = {
         let exceptions = s.exceptions.read().unwrap_or_else(|p| p.into_inner());
-        review::judge_with(&req, mode, s.agents.as_ref(), &exceptions, Timestamp::now(), use_denied.as_deref())
+        review::judge_with(
+            &req,
+            workloads,
+            mode,
+            s.agents.as_ref(),
+            &exceptions,
+            Timestamp::now(),
+            use_denied.as_deref(),
+        )
     };
     record(&s.metrics, mode, &req.user_info.username, &judgement, started.elapsed());
     if let Some(trail) = s.audit.get() {
@@ -262,7 +272,7 @@ async fn validate_toolgrants(State(s): State<Arc<WebhookState>>, body: Bytes) ->
 async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionResponse {
     let allow = AdmissionResponse { uid: req.uid.clone(), allowed: true, ..Default::default() };
     let Some(object) = &req.object else { return allow };
-    let grant: ToolGrant = match serde_json::from_value(object.clone()) {
+    let grant: ToolGrant = match serde_json::from_str(object.get()) {
         Ok(g) => g,
         Err(e) => {
             return deny(
@@ -275,7 +285,7 @@ async fn judge_toolgrant(s: &WebhookState, req: &AdmissionRequest) -> AdmissionR
             );
         }
     };
-    let old = req.old_object.as_ref().and_then(|o| serde_json::from_value::<ToolGrant>(o.clone()).ok());
+    let old = req.old_object.as_ref().and_then(|o| serde_json::from_str::<ToolGrant>(o.get()).ok());
     let review = grants::review_request(
         &req.user_info,
         &req.operation,
@@ -336,7 +346,7 @@ async fn judge_object(s: &WebhookState, req: &AdmissionRequest) -> AdmissionResp
     let allow = AdmissionResponse { uid: req.uid.clone(), allowed: true, ..Default::default() };
     let namespace = req.namespace.clone().unwrap_or_default();
     let identity = match (req.kind.kind.as_str(), req.sub_resource.as_deref(), &req.object) {
-        ("AgentIdentity", None, Some(o)) => match serde_json::from_value::<AgentIdentity>(o.clone()) {
+        ("AgentIdentity", None, Some(o)) => match serde_json::from_str::<AgentIdentity>(o.get()) {
             Ok(a) => Some(a),
             Err(e) => {
                 let e = crate::core::admission::workload::redact(&e.to_string());

@@ -9,12 +9,12 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::api::AGENT_LABEL;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::exceptions::{ExceptionSet, ExceptionUse};
 use super::rules::{AGENT_USE_VERB, AgentDirectory, Violation, agent_use_denied, evaluate, new_violations};
 use super::verdict::{Enforcement, Verdict, decide};
-use super::workload::{Workload, from_object};
+use super::workload::{Workload, WorkloadError, from_json};
 
 /// The subset of an AdmissionReview request agentid reads.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -44,10 +44,12 @@ pub struct AdmissionRequest {
     pub operation: String,
     #[serde(default)]
     pub user_info: UserInfo,
+    /// The object as the apiserver sent it, as JSON text: each check decodes only what it reads
+    /// ([`Workloads::of`], or the agentid kind it judges), and nothing builds a tree of it first.
     #[serde(default)]
-    pub object: Option<Value>,
+    pub object: Option<Box<RawValue>>,
     #[serde(default)]
-    pub old_object: Option<Value>,
+    pub old_object: Option<Box<RawValue>>,
     #[serde(default)]
     pub dry_run: Option<bool>,
 }
@@ -188,24 +190,50 @@ impl AgentUseCheck {
 /// UPDATE when the agent label or the pod spec changes (whoever changes an agent's code acts as it).
 /// Not for the cluster's own controllers, nor for agents that do not exist or are suspended
 /// (`unknown-agent` refuses those already).
-pub fn agent_use_check(req: &AdmissionRequest, agents: &dyn AgentDirectory) -> Option<AgentUseCheck> {
+pub fn agent_use_check(
+    req: &AdmissionRequest,
+    workloads: &Workloads,
+    agents: &dyn AgentDirectory,
+) -> Option<AgentUseCheck> {
     if !matches!(req.operation.as_str(), "CREATE" | "UPDATE") || is_system_controller(&req.user_info.username) {
         return None;
     }
-    let mut w = from_object(req.object.as_ref()?).ok()??;
-    let namespace = w.namespace.take().or_else(|| req.namespace.clone())?;
+    let Some(Ok(Some(w))) = &workloads.object else { return None };
+    let namespace = w.namespace.clone().or_else(|| req.namespace.clone())?;
     let agent = w.labels.get(AGENT_LABEL)?.clone();
     if agents.agent(&namespace, &agent).is_none_or(|a| a.suspended) {
         return None;
     }
     if req.operation == "UPDATE"
-        && let Some(Ok(Some(old))) = req.old_object.as_ref().map(from_object)
+        && let Some(old) = &workloads.old
         && old.labels.get(AGENT_LABEL) == Some(&agent)
         && old.pod == w.pod
     {
         return None;
     }
     Some(AgentUseCheck { namespace, agent })
+}
+
+/// The workloads of one request, decoded once for [`agent_use_check`] and [`judge_with`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workloads {
+    /// `None`: the request carries no object; `Some(Ok(None))`: not a kind with a pod spec.
+    pub object: Option<Result<Option<Workload>, WorkloadError>>,
+    /// The old object of an UPDATE, when it is a workload agentid can read.
+    pub old: Option<Workload>,
+}
+
+impl Workloads {
+    pub fn of(req: &AdmissionRequest) -> Workloads {
+        if req.operation == "DELETE" || req.operation == "CONNECT" {
+            return Workloads { object: None, old: None };
+        }
+        let old = match req.operation.as_str() {
+            "UPDATE" => req.old_object.as_ref().and_then(|o| from_json(o.get()).ok().flatten()),
+            _ => None,
+        };
+        Workloads { object: req.object.as_ref().map(|o| from_json(o.get())), old }
+    }
 }
 
 /// Decides one admission request under `mode`.
@@ -222,12 +250,13 @@ pub fn judge(
     exceptions: &ExceptionSet,
     now: Timestamp,
 ) -> Judgement {
-    judge_with(req, mode, agents, exceptions, now, None)
+    judge_with(req, Workloads::of(req), mode, agents, exceptions, now, None)
 }
 
 /// [`judge`], given the outcome of [`agent_use_check`]: `Some(agent)` when the requester may not run it.
 pub fn judge_with(
     req: &AdmissionRequest,
+    workloads: Workloads,
     mode: Enforcement,
     agents: &dyn AgentDirectory,
     exceptions: &ExceptionSet,
@@ -244,8 +273,8 @@ pub fn judge_with(
     if req.operation == "DELETE" || req.operation == "CONNECT" {
         return plain_allow(Verdict::Allow);
     }
-    let Some(object) = &req.object else { return plain_allow(Verdict::Allow) };
-    let workload = match from_object(object) {
+    let Some(object) = workloads.object else { return plain_allow(Verdict::Allow) };
+    let workload = match object {
         Ok(Some(mut w)) => {
             if w.namespace.is_none() {
                 w.namespace = req.namespace.clone();
@@ -276,7 +305,7 @@ pub fn judge_with(
     };
     let mut violations = evaluate(&workload, agents);
     if req.operation == "UPDATE"
-        && let Some(Ok(Some(mut old))) = req.old_object.as_ref().map(from_object)
+        && let Some(mut old) = workloads.old
     {
         old.namespace = workload.namespace.clone();
         old.name = workload.name.clone();
@@ -351,7 +380,7 @@ pub fn deny_message(w: &Workload, violations: &[Violation]) -> String {
 mod tests {
     use super::*;
     use crate::core::admission::rules::StaticDirectory;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn review(operation: &str, object: Value, old: Option<Value>) -> Vec<u8> {
         serde_json::to_vec(&json!({
@@ -450,10 +479,14 @@ mod tests {
         StaticDirectory::new([a].iter(), "default")
     }
 
+    fn use_check(req: &AdmissionRequest, agents: &dyn AgentDirectory) -> Option<AgentUseCheck> {
+        agent_use_check(req, &Workloads::of(req), agents)
+    }
+
     #[test]
     fn running_as_an_agent_needs_use_on_it() {
         let dir = bot_directory();
-        let check = agent_use_check(&agent_pod_review("dev", "CREATE", None), &dir).unwrap();
+        let check = use_check(&agent_pod_review("dev", "CREATE", None), &dir).unwrap();
         assert_eq!(check, AgentUseCheck { namespace: "agents".into(), agent: "bot".into() });
         let attrs = check.attributes();
         assert_eq!(
@@ -462,20 +495,28 @@ mod tests {
         );
         // The cluster's controllers create pods from templates already checked.
         assert_eq!(
-            agent_use_check(
+            use_check(
                 &agent_pod_review("system:serviceaccount:kube-system:replicaset-controller", "CREATE", None),
                 &dir
             ),
             None
         );
         // Updates that change nothing of the agent's pod need no check; changing its code does.
-        assert_eq!(agent_use_check(&agent_pod_review("dev", "UPDATE", Some("new")), &dir), None);
-        assert!(agent_use_check(&agent_pod_review("dev", "UPDATE", Some("old")), &dir).is_some());
+        assert_eq!(use_check(&agent_pod_review("dev", "UPDATE", Some("new")), &dir), None);
+        assert!(use_check(&agent_pod_review("dev", "UPDATE", Some("old")), &dir).is_some());
         // Unknown agents are refused by unknown-agent instead.
-        assert_eq!(agent_use_check(&agent_pod_review("dev", "CREATE", None), &StaticDirectory::default()), None);
+        assert_eq!(use_check(&agent_pod_review("dev", "CREATE", None), &StaticDirectory::default()), None);
 
         let req = agent_pod_review("dev", "CREATE", None);
-        let j = judge_with(&req, Enforcement::Enforce, &dir, &ExceptionSet::default(), now(), Some("bot"));
+        let j = judge_with(
+            &req,
+            Workloads::of(&req),
+            Enforcement::Enforce,
+            &dir,
+            &ExceptionSet::default(),
+            now(),
+            Some("bot"),
+        );
         assert!(!j.response.allowed);
         let msg = j.response.status.unwrap().message;
         assert!(msg.contains("[agentid/agent-use-denied] Pod agents/p: metadata.labels[agentid.dev/agent] names agent \"bot\", but dev may not run it"), "{msg}");
@@ -527,7 +568,7 @@ mod tests {
         }
         let dir = bot_directory();
         let req = agent_pod_review("system:serviceaccount:kube-system:default", "CREATE", None);
-        assert!(agent_use_check(&req, &dir).is_some());
+        assert!(agent_use_check(&req, &Workloads::of(&req), &dir).is_some());
     }
 
     #[test]
@@ -542,10 +583,18 @@ mod tests {
         let req = parse(&body).unwrap();
         let dir = bot_directory();
         assert_eq!(
-            agent_use_check(&req, &dir),
+            agent_use_check(&req, &Workloads::of(&req), &dir),
             Some(AgentUseCheck { namespace: "agents".into(), agent: "bot".into() })
         );
-        let j = judge_with(&req, Enforcement::Enforce, &dir, &ExceptionSet::default(), now(), Some("bot"));
+        let j = judge_with(
+            &req,
+            Workloads::of(&req),
+            Enforcement::Enforce,
+            &dir,
+            &ExceptionSet::default(),
+            now(),
+            Some("bot"),
+        );
         assert!(!j.response.allowed);
         let msg = j.response.status.unwrap().message;
         assert!(msg.starts_with("ReplicationController agents/rc breaks 2 agentid rule(s)"), "{msg}");
@@ -553,6 +602,21 @@ mod tests {
             msg.contains("[agentid/agent-use-denied]") && msg.contains("spec.template.spec.containers[0].env[0]"),
             "{msg}"
         );
+    }
+
+    /// The object is kept as text and decoded only where agentid reads it, so JSON nested deeper than a
+    /// `Value` can hold (128 levels), in a field no rule reads, does not stop the judge.
+    #[test]
+    fn deep_nesting_where_no_rule_reads_is_still_judged() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let body = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","namespace":"agents","operation":"CREATE","userInfo":{{"username":"dev"}},
+            "object":{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p","annotations":{{"a":{deep}}}}},"spec":{{"containers":[]}}}}}}}}"#
+        );
+        let j = run(body.as_bytes(), Enforcement::Enforce);
+        assert!(!j.response.allowed);
+        assert_eq!(j.violations.len(), 1);
+        assert_eq!(j.violations[0].rule.as_str(), "default-service-account");
     }
 
     #[test]
@@ -582,7 +646,7 @@ mod tests {
 #[cfg(test)]
 mod proptests {
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::core::admission::rules::StaticDirectory;
@@ -696,8 +760,8 @@ mod proptests {
             name: Some("web".into()),
             operation: operation.into(),
             user_info: UserInfo { username: "alice".into(), ..Default::default() },
-            object: Some(object),
-            old_object: old,
+            object: Some(serde_json::value::to_raw_value(&object).unwrap()),
+            old_object: old.map(|o| serde_json::value::to_raw_value(&o).unwrap()),
             dry_run: None,
         }
     }
@@ -729,7 +793,7 @@ mod proptests {
             let j = judge(&update, Enforcement::Enforce, &dir, &exceptions, now);
             prop_assert!(j.violations.is_empty(), "{:?}", j.violations);
             prop_assert!(j.response.allowed);
-            prop_assert!(agent_use_check(&update, &dir).is_none());
+            prop_assert!(agent_use_check(&update, &Workloads::of(&update), &dir).is_none());
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum WorkloadError {
     InvalidPodSpec { kind: String, name: String, path: &'static str, reason: String },
     #[error("object has no kind")]
     MissingKind,
+    /// Valid JSON nested deeper than the decoder follows (128 levels).
+    #[error("object could not be read: {0}")]
+    Unreadable(String),
 }
 
 /// Kinds that carry a pod spec, with the API groups they are served from and where the spec sits.
@@ -125,6 +128,121 @@ pub fn from_object(obj: &Value) -> Result<Option<Workload>, WorkloadError> {
     }))
 }
 
+/// [`from_object`] straight from an object's JSON text (the admission webhook's input): the same
+/// answer, without building a [`Value`] tree of the whole object first.
+///
+/// One pass reads `kind`, `apiVersion` and `metadata` and keeps `spec` as text; a second decodes the
+/// pod spec and template labels from that text. Anything this fast path cannot read (a missing spec,
+/// a field of an unexpected type, a duplicate key) is read again by [`from_object`], so errors and
+/// their messages are exactly its own.
+pub fn from_json(text: &str) -> Result<Option<Workload>, WorkloadError> {
+    match fast::read(text) {
+        Some(read) => read,
+        None => match serde_json::from_str::<Value>(text) {
+            Ok(v) => from_object(&v),
+            Err(e) => Err(WorkloadError::Unreadable(redact(&e.to_string()))),
+        },
+    }
+}
+
+mod fast {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::PodSpec;
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    use super::{WORKLOADS, Workload, WorkloadError};
+
+    #[derive(Deserialize)]
+    struct Object<'a> {
+        #[serde(borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow, rename = "apiVersion")]
+        api_version: Option<Cow<'a, str>>,
+        metadata: Option<Meta>,
+        #[serde(borrow)]
+        spec: Option<&'a RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        name: Option<String>,
+        generate_name: Option<String>,
+        namespace: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Template {
+        metadata: Option<Meta>,
+        spec: Option<PodSpec>,
+    }
+
+    #[derive(Deserialize)]
+    struct WithTemplate {
+        template: Option<Template>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CronSpec {
+        job_template: Option<JobTemplate>,
+    }
+
+    #[derive(Deserialize)]
+    struct JobTemplate {
+        spec: Option<WithTemplate>,
+    }
+
+    /// `None`: not readable here, ask [`super::from_object`].
+    pub(super) fn read(text: &str) -> Option<Result<Option<Workload>, WorkloadError>> {
+        let object: Object<'_> = serde_json::from_str(text).ok()?;
+        let kind = object.kind?;
+        let api_version = object.api_version.as_deref().unwrap_or("");
+        let Some((kind, _, spec_path)) =
+            WORKLOADS.iter().find(|(k, versions, _)| *k == kind && versions.contains(&api_version))
+        else {
+            return Some(Ok(None));
+        };
+        let spec = object.spec?.get();
+        let (pod, template_meta) = match *kind {
+            "Pod" => (serde_json::from_str::<PodSpec>(spec).ok()?, None),
+            "CronJob" => {
+                let cron: CronSpec = serde_json::from_str(spec).ok()?;
+                let template = cron.job_template?.spec?.template?;
+                (template.spec?, template.metadata)
+            }
+            _ => {
+                let spec: WithTemplate = serde_json::from_str(spec).ok()?;
+                let template = spec.template?;
+                (template.spec?, template.metadata)
+            }
+        };
+        let meta = object.metadata;
+        let (name, namespace, pod_labels) = match meta {
+            Some(m) => (m.name.or(m.generate_name).unwrap_or_default(), m.namespace, m.labels),
+            None => (String::new(), None, None),
+        };
+        let (labels, labels_path) = match *kind {
+            "Pod" => (pod_labels, "metadata.labels"),
+            "CronJob" => (template_meta.and_then(|m| m.labels), "spec.jobTemplate.spec.template.metadata.labels"),
+            _ => (template_meta.and_then(|m| m.labels), "spec.template.metadata.labels"),
+        };
+        Some(Ok(Some(Workload {
+            kind: kind.to_string(),
+            namespace,
+            name,
+            spec_path,
+            labels: labels.unwrap_or_default(),
+            labels_path,
+            pod,
+        })))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +292,50 @@ mod tests {
             assert_eq!(w.pod.containers[0].name, "c");
             assert_eq!(w.labels["agentid.dev/agent"], "a", "{}", w.kind);
         }
+    }
+
+    /// The fast path of [`from_json`] answers as [`from_object`] does, errors included.
+    #[test]
+    fn from_json_reads_what_from_object_reads() {
+        let pod_spec = json!({"containers": [{"name": "c", "image": "i", "env": [{"name": "A", "value": "b"}]}], "serviceAccountName": "sa"});
+        let template = json!({"metadata": {"labels": {"agentid.dev/agent": "a"}}, "spec": pod_spec});
+        let cases = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n", "labels": {"agentid.dev/agent": "a"}}, "spec": pod_spec}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "p-"}, "spec": pod_spec}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "", "generateName": "p-"}, "spec": pod_spec}),
+            json!({"apiVersion": "v1", "kind": "Pod", "spec": pod_spec}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": null, "spec": pod_spec}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": 3}, "spec": pod_spec}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": null}, "spec": pod_spec}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": 1}}, "spec": pod_spec}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"x": 1}}, "spec": {"template": template}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": pod_spec}}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"metadata": {"labels": {"a": [1]}}, "spec": pod_spec}}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": "nope"}}}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": null}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": null}}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": "x"}),
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"}, "spec": {"jobTemplate": {"spec": {"template": template}}}}),
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"}, "spec": {"jobTemplate": {}}}),
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": template}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "b"}}),
+            json!({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": 1}),
+            json!({"apiVersion": "v1"}),
+            json!({"kind": 7}),
+            json!([1, 2]),
+            json!(null),
+        ];
+        for case in cases {
+            assert_eq!(from_json(&case.to_string()), from_object(&case), "{case}");
+        }
+        // A duplicate key (the last one wins, as in a Value) and escaped strings.
+        let text =
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a","name":"b\u0041"},"spec":{"containers":[]}}"#;
+        assert_eq!(from_json(text), from_object(&serde_json::from_str(text).unwrap()));
+        assert_eq!(from_json(text).unwrap().unwrap().name, "bA");
+        let text = r#"{"apiVersion":"v1","kind":"P\u006fd","metadata":{"name":"a"},"spec":{"containers":[]}}"#;
+        assert_eq!(from_json(text).unwrap().unwrap().kind, "Pod");
     }
 
     #[test]

@@ -18,24 +18,25 @@ use std::collections::HashMap;
 
 use super::snapshot::Snapshot;
 use crate::core::jwt::ServiceAccountToken;
+use crate::core::uid::Uid;
 
 /// A ServiceAccount agentid created for an agent, as the watch saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountEntry {
-    pub uid: String,
+    pub uid: Uid,
     /// The agent it was created for (its `agentid.dev/agent` label).
     pub agent: String,
     /// The uid of the AgentIdentity that owns it.
-    pub agent_uid: String,
+    pub agent_uid: Uid,
 }
 
 /// An anchor Secret agentid created for a task, as the watch saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnchorEntry {
-    pub uid: String,
+    pub uid: Uid,
     /// The AgentTask that owns it.
     pub task: String,
-    pub task_uid: String,
+    pub task_uid: Uid,
 }
 
 /// The verified caller of a decision.
@@ -95,7 +96,7 @@ pub fn identify(
     Ok(Caller {
         namespace: ns.clone(),
         agent: agent.name.clone(),
-        agent_uid: agent.uid.clone(),
+        agent_uid: agent.uid.to_string(),
         spiffe_id: agent.spiffe_id.clone(),
         task,
         credential_id: token.id.clone(),
@@ -175,7 +176,7 @@ pub fn identify_principal(
     Ok(Caller {
         namespace: ns.to_string(),
         agent: agent.name.clone(),
-        agent_uid: agent.uid.clone(),
+        agent_uid: agent.uid.to_string(),
         spiffe_id: agent.spiffe_id.clone(),
         task: None,
         credential_id: None,

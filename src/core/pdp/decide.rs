@@ -426,7 +426,7 @@ fn check_agent<'s>(req: &DecisionRequest, snap: &'s Snapshot) -> Result<&'s Agen
     let Some(agent) = snap.agent(ns, &req.agent) else {
         return Err(Denial(ReasonCode::UnknownAgent, format!("no AgentIdentity {ns}/{}", req.agent)));
     };
-    if req.agent_uid.as_deref().is_some_and(|uid| uid != agent.uid) {
+    if req.agent_uid.as_deref().is_some_and(|uid| !agent.uid.is(uid)) {
         return Err(Denial(
             ReasonCode::UnknownAgent,
             format!(

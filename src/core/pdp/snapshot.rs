@@ -19,13 +19,14 @@ use crate::api::duration;
 use crate::api::{AgentIdentity, AgentTask, DataSensitivity, GrantPhase, Risk, TaskPhase, ToolGrant};
 use crate::core::conditions::{self, READY};
 use crate::core::identity::spiffe_id;
+use crate::core::uid::Uid;
 
 /// One AgentIdentity as decisions see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentEntry {
     pub name: String,
     pub namespace: String,
-    pub uid: String,
+    pub uid: Uid,
     /// Its `Ready` condition is True.
     pub ready: bool,
     /// `spec.suspended`: read from the spec, so the kill switch works before any status is written.
@@ -50,7 +51,7 @@ impl AgentEntry {
                 .and_then(|d| SignedDuration::try_from(d).map_err(|e| e.to_string()))
         });
         Some(AgentEntry {
-            uid: agent.metadata.uid.clone().unwrap_or_default(),
+            uid: Uid::new(agent.metadata.uid.as_deref().unwrap_or_default()),
             ready: agent.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, READY)),
             suspended: agent.spec.suspended,
             service_account: agent.service_account_name(),
@@ -87,7 +88,7 @@ pub enum TaskInactive {
 pub struct TaskEntry {
     pub name: String,
     pub namespace: String,
-    pub uid: String,
+    pub uid: Uid,
     /// The agent the task belongs to (`spec.agentRef.name`).
     pub agent: String,
     pub purpose: String,
@@ -107,7 +108,7 @@ impl TaskEntry {
         Some(TaskEntry {
             name: task.metadata.name.clone()?,
             namespace: task.metadata.namespace.clone()?,
-            uid: task.metadata.uid.clone().unwrap_or_default(),
+            uid: Uid::new(task.metadata.uid.as_deref().unwrap_or_default()),
             agent: task.spec.agent_ref.name.clone(),
             purpose: task.spec.purpose.clone(),
             phase: status.and_then(|s| s.phase),
@@ -657,7 +658,7 @@ mod tests {
         let snap = Snapshot::build(&[a, not_ready, nameless], &[], &[], "cluster.local");
         let e = snap.agent("agents", "triage").unwrap();
         assert_eq!(
-            (e.uid.as_str(), e.ready, e.suspended, e.service_account.as_str(), e.owner.as_str()),
+            (e.uid.to_string().as_str(), e.ready, e.suspended, e.service_account.as_str(), e.owner.as_str()),
             ("uid-triage", true, false, "agent-triage", "team-payments")
         );
         assert_eq!(e.spiffe_id, "spiffe://prod.example.com/ns/agents/agent/triage");
@@ -691,7 +692,7 @@ mod tests {
         };
         let active = entry(&|_| {});
         assert_eq!(
-            (active.agent.as_str(), active.uid.as_str(), active.anchor.as_deref()),
+            (active.agent.as_str(), active.uid.to_string().as_str(), active.anchor.as_deref()),
             ("triage", "uid-task-t1", Some("agentid-task-t1"))
         );
         assert_eq!(active.issued_at, Some(t(0)));
