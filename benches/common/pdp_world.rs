@@ -45,7 +45,7 @@ pub fn service_account(n: usize) -> String {
 pub fn agent(n: usize) -> AgentIdentity {
     serde_json::from_value(json!({
         "apiVersion": "agentid.dev/v1alpha1", "kind": "AgentIdentity",
-        "metadata": {"name": agent_name(n), "namespace": NS, "uid": format!("uid-agent-{n}")},
+        "metadata": {"name": agent_name(n), "namespace": NS, "uid": uuid(1, n, 0)},
         "spec": {"owner": "team", "audiences": ["https://tools.example.com"], "tokenTTL": "15m"},
         "status": {"serviceAccountName": service_account(n), "conditions": [{"type": "Ready", "status": "True",
             "reason": "IdentityReady", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
@@ -59,7 +59,7 @@ pub fn grant(n: usize, i: usize) -> ToolGrant {
     serde_json::from_value(json!({
         "apiVersion": "agentid.dev/v1alpha1", "kind": "ToolGrant",
         "metadata": {"name": format!("{}-g{i}", agent_name(n)), "namespace": NS,
-            "uid": format!("uid-agent-{n}-g{i}"), "generation": 1},
+            "uid": uuid(2, n, i), "generation": 1},
         "spec": {"agentRef": {"name": agent_name(n)},
             "tools": [{"name": format!("tool-{i}"), "actions": ["read", "list"],
                 "destinations": [format!("https://api-{i}.internal/v1/"), "*.cdn.example.com"],
@@ -121,7 +121,7 @@ impl Signer {
     pub fn token(&self, n: usize, now: i64) -> String {
         self.sign(&json!({"iss": ISSUER, "sub": format!("system:serviceaccount:{NS}:{}", service_account(n)),
             "aud": [AUDIENCE], "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": format!("bench-{n}"),
-            "kubernetes.io": {"namespace": NS, "serviceaccount": {"name": service_account(n), "uid": format!("sa-uid-{n}")}}}))
+            "kubernetes.io": {"namespace": NS, "serviceaccount": {"name": service_account(n), "uid": uuid(3, n, 0)}}}))
     }
 }
 
@@ -149,8 +149,7 @@ pub fn pdp_state(w: &World, signer: &Signer) -> Arc<PdpState> {
     *state.snapshot.write().unwrap() = Snapshot::build(&w.agents, &w.grants, &[], "cluster.local");
     let mut accounts = state.accounts.write().unwrap();
     for n in 0..w.agents.len() {
-        let entry =
-            AccountEntry { uid: format!("sa-uid-{n}"), agent: agent_name(n), agent_uid: format!("uid-agent-{n}") };
+        let entry = AccountEntry { uid: uuid(3, n, 0).into(), agent: agent_name(n), agent_uid: uuid(1, n, 0).into() };
         accounts.insert((NS.to_string(), service_account(n)), entry);
     }
     drop(accounts);
@@ -171,7 +170,7 @@ pub fn opa_data(w: &World, jwks: &Value) -> Value {
             a.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         accounts.insert(
             a.service_account_name(),
-            json!({"uid": format!("sa-uid-{n}"), "agent": name, "agent_uid": a.metadata.uid}),
+            json!({"uid": uuid(3, n, 0), "agent": name, "agent_uid": a.metadata.uid}),
         );
         agents.insert(name, json!({"uid": a.metadata.uid, "ready": ready, "suspended": a.spec.suspended}));
     }
@@ -392,4 +391,9 @@ pub fn serve(app: axum::Router, now: k8s_openapi::jiff::Timestamp) -> Served {
         });
     });
     Served { addr: rx.recv().unwrap(), ca: ca.into_bytes(), cert, key }
+}
+
+/// A uid as Kubernetes writes them (a canonical lowercase UUID), distinct per (kind of object, n, i).
+pub fn uuid(kind: u8, n: usize, i: usize) -> String {
+    format!("{n:08x}-{i:04x}-4{kind:03x}-8000-000000000000")
 }
