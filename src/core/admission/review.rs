@@ -483,6 +483,11 @@ mod tests {
         agent_use_check(req, &Workloads::of(req), agents)
     }
 
+    /// Judged in enforce mode with the `use` check of agent `bot` failed.
+    fn judge_use_denied(req: &AdmissionRequest, agents: &dyn AgentDirectory) -> Judgement {
+        judge_with(req, Workloads::of(req), Enforcement::Enforce, agents, &ExceptionSet::default(), now(), Some("bot"))
+    }
+
     #[test]
     fn running_as_an_agent_needs_use_on_it() {
         let dir = bot_directory();
@@ -508,15 +513,7 @@ mod tests {
         assert_eq!(use_check(&agent_pod_review("dev", "CREATE", None), &StaticDirectory::default()), None);
 
         let req = agent_pod_review("dev", "CREATE", None);
-        let j = judge_with(
-            &req,
-            Workloads::of(&req),
-            Enforcement::Enforce,
-            &dir,
-            &ExceptionSet::default(),
-            now(),
-            Some("bot"),
-        );
+        let j = judge_use_denied(&req, &dir);
         assert!(!j.response.allowed);
         let msg = j.response.status.unwrap().message;
         assert!(msg.contains("[agentid/agent-use-denied] Pod agents/p: metadata.labels[agentid.dev/agent] names agent \"bot\", but dev may not run it"), "{msg}");
@@ -586,15 +583,7 @@ mod tests {
             agent_use_check(&req, &Workloads::of(&req), &dir),
             Some(AgentUseCheck { namespace: "agents".into(), agent: "bot".into() })
         );
-        let j = judge_with(
-            &req,
-            Workloads::of(&req),
-            Enforcement::Enforce,
-            &dir,
-            &ExceptionSet::default(),
-            now(),
-            Some("bot"),
-        );
+        let j = judge_use_denied(&req, &dir);
         assert!(!j.response.allowed);
         let msg = j.response.status.unwrap().message;
         assert!(msg.starts_with("ReplicationController agents/rc breaks 2 agentid rule(s)"), "{msg}");
