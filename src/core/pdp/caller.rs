@@ -81,10 +81,10 @@ pub fn identify(
                     t.uid == anchor.task_uid && t.agent == agent.name && t.anchor.as_deref() == Some(&secret.name)
                 })
                 .ok_or_else(|| "the token is bound to no current task of this agent".to_string())?;
-            if !token.audiences.iter().any(|a| task.audiences.contains(a)) {
+            if !token.audiences.iter().any(|a| task.audiences.iter().any(|t| **t == **a)) {
                 return Err("the task token is not meant for any audience of its task".into());
             }
-            Some(task.name.clone())
+            Some(task.name.to_string())
         }
         None => {
             if !token.audiences.iter().any(|a| a == pdp_audience) {
@@ -95,7 +95,7 @@ pub fn identify(
     };
     Ok(Caller {
         namespace: ns.clone(),
-        agent: agent.name.clone(),
+        agent: agent.name.to_string(),
         agent_uid: agent.uid.to_string(),
         spiffe_id: agent.spiffe_id.clone(),
         task,
@@ -175,7 +175,7 @@ pub fn identify_principal(
         .ok_or_else(no_agent)?;
     Ok(Caller {
         namespace: ns.to_string(),
-        agent: agent.name.clone(),
+        agent: agent.name.to_string(),
         agent_uid: agent.uid.to_string(),
         spiffe_id: agent.spiffe_id.clone(),
         task: None,

@@ -365,7 +365,7 @@ pub fn decide(
                     explanation: String::new(),
                     charge: Some(Charge {
                         grant: grant.name.to_string(),
-                        task: task.map(|t| t.name.clone()),
+                        task: task.map(|t| t.name.to_string()),
                         minute: grant.limits.calls_per_minute.map(|_| env.minute),
                     }),
                 };

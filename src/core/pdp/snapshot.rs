@@ -24,8 +24,9 @@ use crate::core::uid::Uid;
 /// One AgentIdentity as decisions see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentEntry {
-    pub name: String,
-    pub namespace: String,
+    pub name: Arc<str>,
+    /// Held once per namespace (interned), as are task's agent names and audiences.
+    pub namespace: Arc<str>,
     pub uid: Uid,
     /// Its `Ready` condition is True.
     pub ready: bool,
@@ -41,9 +42,9 @@ pub struct AgentEntry {
 }
 
 impl AgentEntry {
-    fn from_object(agent: &AgentIdentity, trust_domain: &str) -> Option<AgentEntry> {
-        let name = agent.metadata.name.clone()?;
-        let namespace = agent.metadata.namespace.clone()?;
+    fn from_object(agent: &AgentIdentity, trust_domain: &str, strings: &mut Interner) -> Option<AgentEntry> {
+        let name = strings.intern(agent.metadata.name.as_deref()?);
+        let namespace = strings.intern(agent.metadata.namespace.as_deref()?);
         let limits = agent.spec.session_limits.as_ref();
         let max_duration = limits.and_then(|l| l.max_duration.as_deref()).map(|d| {
             duration::parse(d)
@@ -86,11 +87,11 @@ pub enum TaskInactive {
 /// One AgentTask as decisions see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskEntry {
-    pub name: String,
-    pub namespace: String,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
     pub uid: Uid,
     /// The agent the task belongs to (`spec.agentRef.name`).
-    pub agent: String,
+    pub agent: Arc<str>,
     pub purpose: String,
     pub phase: Option<TaskPhase>,
     pub completed: bool,
@@ -98,18 +99,18 @@ pub struct TaskEntry {
     pub expires_at: Option<Timestamp>,
     pub anchor: Option<String>,
     /// `spec.audiences`: a task token must carry one of them.
-    pub audiences: Vec<String>,
+    pub audiences: Box<[Arc<str>]>,
 }
 
 impl TaskEntry {
-    fn from_object(task: &AgentTask) -> Option<TaskEntry> {
+    fn from_object(task: &AgentTask, strings: &mut Interner) -> Option<TaskEntry> {
         let status = task.status.as_ref();
         let issued_at = status.and_then(|s| s.issued_at.as_ref()).map(|t| t.0);
         Some(TaskEntry {
-            name: task.metadata.name.clone()?,
-            namespace: task.metadata.namespace.clone()?,
+            name: Arc::from(task.metadata.name.as_deref()?),
+            namespace: strings.intern(task.metadata.namespace.as_deref()?),
             uid: Uid::new(task.metadata.uid.as_deref().unwrap_or_default()),
-            agent: task.spec.agent_ref.name.clone(),
+            agent: strings.intern(&task.spec.agent_ref.name),
             purpose: task.spec.purpose.clone(),
             phase: status.and_then(|s| s.phase),
             completed: task.spec.completed,
@@ -119,7 +120,7 @@ impl TaskEntry {
                 .and_then(|s| s.expires_at.as_ref())
                 .map(|t| crate::core::task::bounded_end(task, issued_at, t.0)),
             anchor: status.and_then(|s| s.anchor.clone()),
-            audiences: task.spec.audiences.clone(),
+            audiences: task.spec.audiences.iter().map(|a| strings.intern(a)).collect(),
         })
     }
 
@@ -335,8 +336,8 @@ impl Rules {
 
 #[derive(Debug, Clone, Default)]
 struct Namespace {
-    agents: HashMap<String, AgentEntry>,
-    tasks: HashMap<String, TaskEntry>,
+    agents: HashMap<Arc<str>, AgentEntry>,
+    tasks: HashMap<Arc<str>, TaskEntry>,
     grants: HashMap<Arc<str>, Arc<GrantEntry>>,
     /// agent → tool → rules, ordered by grant name (so explanations do not depend on event order).
     rules: HashMap<Arc<str>, HashMap<Arc<str>, Rules>>,
@@ -407,7 +408,7 @@ impl Interner {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     trust_domain: String,
-    namespaces: HashMap<String, Namespace>,
+    namespaces: HashMap<Arc<str>, Namespace>,
     strings: Interner,
 }
 
@@ -438,12 +439,12 @@ impl Snapshot {
 
     /// (namespace, name) of every agent held.
     pub fn agent_keys(&self) -> Vec<(String, String)> {
-        self.keys_of(|ns| ns.agents.keys().cloned().collect())
+        self.keys_of(|ns| ns.agents.keys().map(|k| k.to_string()).collect())
     }
 
     /// (namespace, name) of every task held.
     pub fn task_keys(&self) -> Vec<(String, String)> {
-        self.keys_of(|ns| ns.tasks.keys().cloned().collect())
+        self.keys_of(|ns| ns.tasks.keys().map(|k| k.to_string()).collect())
     }
 
     /// (namespace, name) of every grant held.
@@ -452,13 +453,16 @@ impl Snapshot {
     }
 
     fn keys_of(&self, names: impl Fn(&Namespace) -> Vec<String>) -> Vec<(String, String)> {
-        self.namespaces.iter().flat_map(|(ns, n)| names(n).into_iter().map(move |name| (ns.clone(), name))).collect()
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, n)| names(n).into_iter().map(move |name| (ns.to_string(), name)))
+            .collect()
     }
 
     pub fn upsert_agent(&mut self, agent: &AgentIdentity) {
-        if let Some(entry) = AgentEntry::from_object(agent, &self.trust_domain) {
-            let ns = self.namespaces.entry(entry.namespace.clone()).or_default();
-            ns.agents.insert(entry.name.clone(), entry);
+        if let Some(entry) = AgentEntry::from_object(agent, &self.trust_domain, &mut self.strings) {
+            let ns = self.namespaces.entry(Arc::clone(&entry.namespace)).or_default();
+            ns.agents.insert(Arc::clone(&entry.name), entry);
         }
     }
 
@@ -470,9 +474,9 @@ impl Snapshot {
     }
 
     pub fn upsert_task(&mut self, task: &AgentTask) {
-        if let Some(entry) = TaskEntry::from_object(task) {
-            let ns = self.namespaces.entry(entry.namespace.clone()).or_default();
-            ns.tasks.insert(entry.name.clone(), entry);
+        if let Some(entry) = TaskEntry::from_object(task, &mut self.strings) {
+            let ns = self.namespaces.entry(Arc::clone(&entry.namespace)).or_default();
+            ns.tasks.insert(Arc::clone(&entry.name), entry);
         }
     }
 
@@ -490,7 +494,7 @@ impl Snapshot {
         else {
             return;
         };
-        let ns = self.namespaces.entry(namespace.to_string()).or_default();
+        let ns = self.namespaces.entry(self.strings.intern(namespace)).or_default();
         let previous = ns.grants.remove(name);
         if let Some(previous) = &previous {
             ns.unindex(previous);
@@ -688,11 +692,11 @@ mod tests {
         let entry = |f: &dyn Fn(&mut AgentTask)| {
             let mut task = base.clone();
             f(&mut task);
-            TaskEntry::from_object(&task).unwrap()
+            TaskEntry::from_object(&task, &mut Interner::default()).unwrap()
         };
         let active = entry(&|_| {});
         assert_eq!(
-            (active.agent.as_str(), active.uid.to_string().as_str(), active.anchor.as_deref()),
+            (&*active.agent, active.uid.to_string().as_str(), active.anchor.as_deref()),
             ("triage", "uid-task-t1", Some("agentid-task-t1"))
         );
         assert_eq!(active.issued_at, Some(t(0)));
@@ -850,7 +854,7 @@ mod tests {
         snap.remove_task("nope", "nope");
         snap.remove_agent("nope", "nope");
         snap.upsert_task(&active_task("t", "triage"));
-        assert_eq!(snap.task("agents", "t").map(|t| t.agent.as_str()), Some("triage"));
+        assert_eq!(snap.task("agents", "t").map(|t| &*t.agent), Some("triage"));
         snap.remove_task("agents", "t");
         assert!(snap.is_empty());
     }
