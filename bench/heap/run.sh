@@ -22,14 +22,24 @@ if [ -z "${WRAP:-}" ]; then
   rm -f "$out"/heap.*
   WRAP="heaptrack -o $out/heap"
 fi
-[ -n "${NO_BUILD:-}" ] || cargo build --release --locked --bin agentid
+# heaptrack sees only glibc's malloc: the build without the default jemalloc allocator, in a target
+# directory of its own (target/heap/release/agentid) so the default build stays as it is. VmRSS alone
+# (WRAP=env) measures the default build.
+if [ "${WRAP%% *}" = heaptrack ]; then
+  build=(--no-default-features) bin=target/heap/release/agentid
+  export CARGO_TARGET_DIR="$root/target/heap"
+else
+  build=() bin=target/release/agentid
+fi
+[ -n "${NO_BUILD:-}" ] || cargo build --release --locked --bin agentid "${build[@]}"
+unset CARGO_TARGET_DIR
 export AGENTID_CLUSTER_DIR="$root/.cache/heap-cluster" PATH="$root/.cache/bin:$PATH"
 export KUBECONFIG="$AGENTID_CLUSTER_DIR/kubeconfig"
 e2e/cluster.sh up
 pid=""
 cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; e2e/cluster.sh down || true; }
 trap cleanup EXIT
-target/release/agentid crdgen | kubectl apply --server-side -f - >/dev/null
+"$bin" crdgen | kubectl apply --server-side -f - >/dev/null
 kubectl wait --for condition=Established --timeout=60s \
   crd/agentidentities.agentid.dev crd/toolgrants.agentid.dev crd/agenttasks.agentid.dev >/dev/null
 kubectl create ns heap >/dev/null
@@ -37,7 +47,7 @@ kubectl create ns agentid-system >/dev/null
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 webhook=$(port)
 # shellcheck disable=SC2086 # WRAP is a command with its arguments
-$WRAP target/release/agentid run --operator-namespace agentid-system --watch-namespace heap \
+$WRAP "$bin" run --operator-namespace agentid-system --watch-namespace heap \
   --probe-addr "127.0.0.1:$(port)" --webhook-addr "127.0.0.1:$webhook" --webhook-url "https://127.0.0.1:$webhook" \
   --broker-addr "127.0.0.1:$(port)" --pdp-addr "127.0.0.1:$(port)" \
   --webhook-client-ca-file "$AGENTID_CLUSTER_DIR/pki/webhook-client-ca.crt" \
@@ -45,7 +55,7 @@ $WRAP target/release/agentid run --operator-namespace agentid-system --watch-nam
 # The operator itself (its command line starts with the binary; heaptrack's wrapper and the subshells it forks
 # on the way do not), still there a second later.
 for _ in $(seq 1 50); do
-  pid=$(pgrep -f "^target/release/agentid run --operator-namespace agentid-system --watch-namespace heap" | tail -1 || true)
+  pid=$(pgrep -f "^$bin run --operator-namespace agentid-system --watch-namespace heap" | tail -1 || true)
   [ -n "$pid" ] && sleep 1 && [ -e "/proc/$pid" ] && break
   pid=
   sleep 0.2
