@@ -22,7 +22,7 @@ done
 echo "== source: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
 echo "== building the release binary"
 # With the bench's own features, so that `cargo bench` below reuses this build instead of making another.
-# AGENTID_BENCH_FEATURES adds cargo features to both (e.g. jemalloc, the allocator experiment).
+# AGENTID_BENCH_FEATURES adds cargo features to both (jemalloc, the allocator, is a default feature).
 features="e2e${AGENTID_BENCH_FEATURES:+,$AGENTID_BENCH_FEATURES}"
 cargo build --release --locked --features "$features"
 
