@@ -11,7 +11,7 @@ use agentid::core::admission::exceptions::ExceptionSet;
 use agentid::core::admission::review::{judge, parse, respond};
 use agentid::core::admission::rules::{StaticDirectory, evaluate};
 use agentid::core::admission::verdict::Enforcement;
-use agentid::core::admission::workload::from_object;
+use agentid::core::admission::workload::{from_json, from_object};
 
 mod support;
 use support::typical;
@@ -42,6 +42,15 @@ fn benches(c: &mut Criterion) {
     c.bench_function("extract+evaluate/typical_pod", |b| {
         b.iter(|| evaluate(&from_object(black_box(&obj)).unwrap().unwrap(), &dir))
     });
+
+    // The webhook's decode of the object (kept as JSON text) against a Value tree and the general decoder.
+    let text = serde_json::to_string(&typical()).unwrap();
+    let mut g = c.benchmark_group("workload_decode/typical_pod");
+    g.bench_function("from_json (text, as the webhook)", |b| b.iter(|| from_json(black_box(&text)).unwrap()));
+    g.bench_function("Value + from_object (before)", |b| {
+        b.iter(|| from_object(&serde_json::from_str::<Value>(black_box(&text)).unwrap()).unwrap())
+    });
+    g.finish();
 
     let body = review(typical());
     let none = ExceptionSet::default();
