@@ -157,6 +157,25 @@ pub fn controller_config() -> kube::runtime::controller::Config {
 /// Finalizer that lets agentid remove what it created before one of its objects goes.
 pub const FINALIZER: &str = "agentid.dev/cleanup";
 
+/// What the finalizer-driven reconciles need of an agentid kind (namespaced, readable, patchable).
+pub trait AgentidObject:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> AgentidObject for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 /// One reconcile of the object `cached` stands for: read as it is now ([`fetch`]; gone meanwhile: its deletion
 /// was handled by the reconcile before it went), then [`reconcile_with_finalizer`].
 pub async fn reconcile_cached<K, A, FA, C, FC>(
@@ -167,11 +186,7 @@ pub async fn reconcile_cached<K, A, FA, C, FC>(
     cleanup: C,
 ) -> crate::Result<kube::runtime::controller::Action>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: AgentidObject,
     A: FnOnce(Arc<K>) -> FA,
     FA: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
     C: FnOnce(Arc<K>) -> FC,
@@ -192,11 +207,7 @@ pub async fn reconcile_with_finalizer<K, A, FA, C, FC>(
     cleanup: C,
 ) -> crate::Result<kube::runtime::controller::Action>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: AgentidObject,
     A: FnOnce(Arc<K>) -> FA,
     FA: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
     C: FnOnce(Arc<K>) -> FC,
