@@ -54,6 +54,15 @@ pub fn is_workload_kind(api_version: &str, kind: &str) -> bool {
     WORKLOADS.iter().any(|(k, versions, _)| *k == kind && versions.contains(&api_version))
 }
 
+/// Where the labels of the pod (template) of `kind` sit.
+fn labels_path(kind: &str) -> &'static str {
+    match kind {
+        "Pod" => "metadata.labels",
+        "CronJob" => "spec.jobTemplate.spec.template.metadata.labels",
+        _ => "spec.template.metadata.labels",
+    }
+}
+
 fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, k| v.get(k))
 }
@@ -106,11 +115,7 @@ pub fn from_object(obj: &Value) -> Result<Option<Workload>, WorkloadError> {
         Some(spec) => PodSpec::deserialize(spec).map_err(|e| invalid(redact(&e.to_string())))?,
         None => return Err(invalid("missing".into())),
     };
-    let labels_path = match *kind {
-        "Pod" => "metadata.labels",
-        "CronJob" => "spec.jobTemplate.spec.template.metadata.labels",
-        _ => "spec.template.metadata.labels",
-    };
+    let labels_path = labels_path(kind);
     let labels = match at(obj, labels_path) {
         Some(l) if !l.is_null() => {
             BTreeMap::<String, String>::deserialize(l).map_err(|e| invalid(format!("{labels_path}: {e}")))?
@@ -226,10 +231,9 @@ mod fast {
             Some(m) => (m.name.or(m.generate_name).unwrap_or_default(), m.namespace, m.labels),
             None => (String::new(), None, None),
         };
-        let (labels, labels_path) = match *kind {
-            "Pod" => (pod_labels, "metadata.labels"),
-            "CronJob" => (template_meta.and_then(|m| m.labels), "spec.jobTemplate.spec.template.metadata.labels"),
-            _ => (template_meta.and_then(|m| m.labels), "spec.template.metadata.labels"),
+        let labels = match *kind {
+            "Pod" => pod_labels,
+            _ => template_meta.and_then(|m| m.labels),
         };
         Some(Ok(Some(Workload {
             kind: kind.to_string(),
@@ -237,7 +241,7 @@ mod fast {
             name,
             spec_path,
             labels: labels.unwrap_or_default(),
-            labels_path,
+            labels_path: super::labels_path(kind),
             pod,
         })))
     }
