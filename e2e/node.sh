@@ -17,6 +17,7 @@
 #   e2e/node.sh load NAME...     build (when changed) and load e2e/tools/image.sh images into containerd
 #   e2e/node.sh tag SRC DST      one more name for a loaded image (tests/e2e_node_chart.rs upgrades to it)
 #   e2e/node.sh status
+#   e2e/node.sh diagnose         why pods do not run: conditions, taints, free disk, warnings, kubelet errors
 #
 # Every address stays on this machine: the apiserver on $NODE_IP, the pods' gateway on the bridge
 # $BRIDGE that this script creates, pods in $POD_CIDR (network namespaces containerd creates),
@@ -38,6 +39,8 @@ POD_CIDR=10.222.0.0/24 POD_GW=10.222.0.1
 NODE_IP=$POD_GW
 SVC_CIDR=10.223.0.0/24 KUBE_SVC_IP=10.223.0.1
 CTR_SOCK=$node/containerd/containerd.sock
+# The kubelet's eviction floor for free disk (nodefs and imagefs), a Kubernetes quantity or a percentage.
+DISK_FLOOR=${AGENTID_NODE_DISK_FLOOR:-512Mi}
 # Paths outside our directories that containerd, the kubelet, CNI or iptables create; `down` removes
 # the ones that did not exist before `up`.
 HOST_PATHS=(/run/containerd /var/run/netns /run/netns /var/lib/cni /var/log/pods /var/log/containers
@@ -269,7 +272,10 @@ resolvConf: /etc/resolv.conf
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: "100Mi", nodefs.available: "2%", imagefs.available: "2%"}
+# Absolute floors, not percentages: this machine's disk is large and mostly someone else's, so 2 % of it
+# (5 GiB) was more than a clean CI checkout leaves free after its builds, and the kubelet tainted the node
+# with disk-pressure: every pod Pending. Below $DISK_FLOOR nothing would work anyway.
+evictionHard: {memory.available: "100Mi", nodefs.available: "$DISK_FLOOR", imagefs.available: "$DISK_FLOOR"}
 nodeStatusUpdateFrequency: 2s
 syncFrequency: 10s
 fileCheckFrequency: 60s
@@ -334,6 +340,31 @@ preflight() {
   echo "this machine can run the node"
 }
 
+# The node's pressure conditions that are True ("" when none). Its taints are not read: the
+# not-ready taint outlives Ready=True by a moment, until the node lifecycle controller removes it.
+node_pressure() {
+  kc get node "$NODE_NAME" -o 'go-template={{range .status.conditions}}{{if and (ne .type "Ready") (eq .status "True")}}{{.type}} ({{.message}}) {{end}}{{end}}' 2>/dev/null
+}
+
+# What to read when pods do not run: the node's conditions and taints, free disk and memory against
+# the kubelet's floors, pods that are not Running, recent warnings, the kubelet's last errors.
+diagnose() (
+  set +e +o pipefail
+  echo "## node $NODE_NAME"
+  kc get node "$NODE_NAME" -o 'go-template={{range .status.conditions}}  {{.type}}={{.status}} {{.reason}}: {{.message}}{{"\n"}}{{end}}{{range .spec.taints}}  taint {{.key}}={{.value}}:{{.effect}}{{"\n"}}{{end}}'
+  echo "## free ($(grep -h '^evictionHard' "$node/kubelet.yaml" 2>/dev/null || echo "evictionHard: not written yet"))"
+  df -h "$node" 2>/dev/null | sed 's/^/  /'
+  free -m | sed 's/^/  /'
+  echo "## pods not Running"
+  kc get pods -A --field-selector 'status.phase!=Running' -o wide 2>/dev/null | head -n 20 | sed 's/^/  /'
+  echo "## warning events"
+  kc get events -A --field-selector type=Warning --sort-by=.lastTimestamp 2>/dev/null | tail -n 20 | sed 's/^/  /'
+  echo "## kubelet: last errors"
+  grep -E '^E[0-9]{4}|evict|pressure' "$logs/kubelet.log" 2>/dev/null | tail -n 15 | cut -c1-300 | sed 's/^/  /'
+  echo "## containerd: last errors"
+  grep -E 'level=error' "$logs/containerd.log" 2>/dev/null | tail -n 10 | cut -c1-300 | sed 's/^/  /'
+)
+
 node_ready() {
   [ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
@@ -347,6 +378,13 @@ up() {
   if alive kubelet; then log "already running"; return; fi
   local server; server=$(awk '/server:/ {print $2; exit}' "$dir/kubeconfig")
   local t0; t0=$(now_ms)
+  # Images, pod sandboxes and logs need about 1 GiB above the kubelet's floor.
+  local free_mib; free_mib=$(df -Pm "$dir" | awk 'NR == 2 {print $4}')
+  log "free disk for the node: ${free_mib} MiB (the kubelet evicts below $DISK_FLOOR)"
+  if [ "${free_mib:-0}" -lt 1536 ]; then
+    log "too little free disk on $(df -P "$dir" | awk 'NR == 2 {print $6}') for a node: ${free_mib} MiB, need 1536 MiB"
+    exit 1
+  fi
   write_configs "$server"
   "$here/tools/image.sh" pause >/dev/null 2>&1 || "$here/tools/image.sh" pause
   "$here/tools/image.sh" testbox >/dev/null 2>&1 || "$here/tools/image.sh" testbox
@@ -369,6 +407,14 @@ up() {
     tail -n 30 "$logs/kubelet.log" >&2; exit 1
   fi
   local t_ready; t_ready=$(now_ms)
+  # The kubelet reports pressure only after its eviction manager's first pass (10 s): a node under
+  # pressure schedules nothing. Checked once here; the tests' timeouts print `diagnose` as well.
+  local pressure; pressure=$(node_pressure)
+  if [ -n "$pressure" ]; then
+    log "node $NODE_NAME is under pressure: $pressure"
+    diagnose >&2
+    exit 1
+  fi
   # ServiceAccount admission is on: pods need the namespace's `default` ServiceAccount.
   wait_until kube-controller-manager 60 kc get serviceaccount default -n default ||
     { tail -n 30 "$logs/kube-controller-manager.log" >&2; exit 1; }
@@ -525,5 +571,6 @@ case "${1:-}" in
   down) down ;;
   snapshot) snapshot ;;
   status) status ;;
-  *) echo "usage: $0 preflight|apiserver-args|api-host|up|down|snapshot|load NAME...|tag SRC DST|status" >&2; exit 2 ;;
+  diagnose) diagnose ;;
+  *) echo "usage: $0 preflight|apiserver-args|api-host|up|down|snapshot|load NAME...|tag SRC DST|status|diagnose" >&2; exit 2 ;;
 esac

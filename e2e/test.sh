@@ -86,7 +86,11 @@ if [ "$AGENTID_NODE" = 1 ]; then
   cargo test --locked --no-fail-fast --features e2e --test 'e2e_node*' -- --ignored 2>&1 | tee -a "$results"
   node_status=${PIPESTATUS[0]}
   set -e
-  [ "$node_status" = 0 ] || status=$node_status
+  if [ "$node_status" != 0 ]; then
+    status=$node_status
+    echo "== the node after its tests failed (e2e/node.sh diagnose)"
+    e2e/node.sh diagnose 2>&1 | tee -a "$results" || true
+  fi
   # The suites of what users install (admission, grants, tasks, task tokens, decisions) once more, now
   # against agentid installed by its chart (2 replicas, webhook through the Service, the chart's RBAC)
   # instead of an in-process operator: tests/support/mod.rs (AGENTID_E2E_CHART). One test at a time, so

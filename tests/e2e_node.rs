@@ -57,7 +57,7 @@ async fn node_namespace(client: &kube::Client, prefix: &str) -> String {
     let ns = namespace(client, prefix).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     let start = Instant::now();
-    wait_until(Duration::from_secs(30), "the default ServiceAccount", || {
+    wait_on_node(Duration::from_secs(30), "the default ServiceAccount", || {
         let sas = sas.clone();
         async move { sas.get_opt("default").await.ok().flatten() }
     })
@@ -73,7 +73,7 @@ fn running_ready(p: &Pod) -> bool {
 }
 
 async fn wait_pods_ready(pods: &Api<Pod>, selector: &str, n: usize) -> Vec<Pod> {
-    wait_until(Duration::from_secs(60), &format!("{n} pods {selector} Running and Ready"), || {
+    wait_on_node(Duration::from_secs(60), &format!("{n} pods {selector} Running and Ready"), || {
         let pods = pods.clone();
         let selector = selector.to_string();
         async move {
@@ -175,7 +175,7 @@ spec:
     let addr = format!("{ip}:80");
     let start = Instant::now();
     let mut seen = std::collections::BTreeSet::new();
-    wait_until(Duration::from_secs(30), "the Service to reach both pods", || {
+    wait_on_node(Duration::from_secs(30), "the Service to reach both pods", || {
         let addr = addr.clone();
         if let Ok(body) = http_get(&addr)
             && let Some(line) = body.lines().find(|l| l.starts_with("hello from "))
@@ -227,7 +227,7 @@ spec:
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let start = Instant::now();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    wait_until(Duration::from_secs(60), "the pod to run", || {
+    wait_on_node(Duration::from_secs(60), "the pod to run", || {
         let pods = pods.clone();
         async move {
             let p = pods.get("sleeper").await.ok()?;
@@ -240,7 +240,7 @@ spec:
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let start = Instant::now();
     namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
-    wait_until(Duration::from_secs(60), "the namespace to be gone", || {
+    wait_on_node(Duration::from_secs(60), "the namespace to be gone", || {
         let namespaces = namespaces.clone();
         let ns = ns.clone();
         async move { matches!(namespaces.get_opt(&ns).await, Ok(None)).then_some(()) }

@@ -136,7 +136,7 @@ async fn helm_installs_two_replicas_whose_webhook_answers_through_the_service() 
     assert_eq!(ready_replicas(&deploys).await, 2);
 
     // Registered through the Service, with the CA of the self-managed certificate in the Secret.
-    let vwc = wait_until(Duration::from_secs(30), "the webhook configuration", || {
+    let vwc = wait_on_node(Duration::from_secs(30), "the webhook configuration", || {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
         async move { api.get_opt("agentid").await.ok().flatten() }
     })
@@ -153,7 +153,7 @@ async fn helm_installs_two_replicas_whose_webhook_answers_through_the_service() 
     // One of the two pods leads.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let first = wait_until(Duration::from_secs(30), "a leader", || {
+    let first = wait_on_node(Duration::from_secs(30), "a leader", || {
         let leases = leases.clone();
         async move { leader(&leases).await }
     })
@@ -171,7 +171,7 @@ async fn helm_installs_two_replicas_whose_webhook_answers_through_the_service() 
     ns_api.replace(&agents, &PostParams::default(), &n).await.unwrap();
     let agent_deploys: Api<Deployment> = Api::namespaced(client.clone(), &agents);
     let bad = static_secret_deployment(&agents, "bad");
-    wait_until(Duration::from_secs(30), "the webhook to refuse a static Secret", || {
+    wait_on_node(Duration::from_secs(30), "the webhook to refuse a static Secret", || {
         let (api, bad) = (agent_deploys.clone(), bad.clone());
         async move { judged(&api, &bad).await.ok() }
     })
@@ -189,13 +189,13 @@ async fn helm_installs_two_replicas_whose_webhook_answers_through_the_service() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
     pods.delete(&first, &DeleteParams::default()).await.unwrap();
-    let second = wait_until(Duration::from_secs(30), "another replica to lead", || {
+    let second = wait_on_node(Duration::from_secs(30), "another replica to lead", || {
         let (leases, first) = (leases.clone(), first.clone());
         async move { leader(&leases).await.filter(|l| *l != first) }
     })
     .await;
     let failover = killed.elapsed();
-    wait_until(Duration::from_secs(60), "the Deployment to replace the pod", || {
+    wait_on_node(Duration::from_secs(60), "the Deployment to replace the pod", || {
         let (pods, deploys, first) = (pods.clone(), deploys.clone(), first.clone());
         async move {
             let gone = pods.get_opt(&first).await.ok()?.is_none();
@@ -330,7 +330,7 @@ spec:
         )
         .await
         .unwrap();
-    wait_until(Duration::from_secs(60), "the task and the grant Active", || async {
+    wait_on_node(Duration::from_secs(60), "the task and the grant Active", || async {
         let t = tasks.get("lookup").await.ok()?.status?.phase?;
         let g = grants.get("search").await.ok()?.status?.phase?;
         (t == TaskPhase::Active && g == GrantPhase::Active).then_some(())
@@ -382,7 +382,7 @@ spec:
     ));
     // Admitted by the enforcing webhook (the ServiceAccount exists once the agent is reconciled).
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    wait_until(Duration::from_secs(30), "the sample agent admitted", || async {
+    wait_on_node(Duration::from_secs(30), "the sample agent admitted", || async {
         match deploys.create(&PostParams::default(), &deployment).await {
             Ok(_) => Some(()),
             Err(kube::Error::Api(e)) if e.code == 409 => Some(()),
@@ -432,7 +432,7 @@ spec:
     let done = json!({"spec": {"completed": true}});
     tasks.patch("lookup", &PatchParams::default(), &Patch::Merge(&done)).await.unwrap();
     let completed = Instant::now();
-    let after = wait_until(Duration::from_secs(30), "the agent to be refused", || async {
+    let after = wait_on_node(Duration::from_secs(30), "the agent to be refused", || async {
         let log = agent_log(ns);
         let fresh = log[before.min(log.len())..].to_vec();
         let refused = fresh.iter().any(|l| l["step"] == "decision" && l["decision"] == false);

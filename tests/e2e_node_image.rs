@@ -24,7 +24,7 @@ fn image_ref() -> String {
 async fn node_namespace(client: &kube::Client, prefix: &str) -> String {
     let ns = namespace(client, prefix).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    wait_until(Duration::from_secs(30), "the default ServiceAccount", || {
+    wait_on_node(Duration::from_secs(30), "the default ServiceAccount", || {
         let sas = sas.clone();
         async move { sas.get_opt("default").await.ok().flatten() }
     })
@@ -79,7 +79,7 @@ async fn the_image_runs_read_only_as_non_root_and_says_the_source_version() {
     assert!(expected.starts_with("agentid "), "{expected}");
 
     pods.create(&PostParams::default(), &pod("version", None, &["version"])).await.unwrap();
-    let state = wait_until(Duration::from_secs(60), "the version pod to finish", || {
+    let state = wait_on_node(Duration::from_secs(60), "the version pod to finish", || {
         let pods = pods.clone();
         async move { terminated(&pods.get("version").await.ok()?) }
     })
@@ -93,7 +93,7 @@ async fn the_image_runs_read_only_as_non_root_and_says_the_source_version() {
 
     // No shell in the image: a container asking for one never starts.
     pods.create(&PostParams::default(), &pod("shell", Some("/bin/sh"), &["-c", "true"])).await.unwrap();
-    let reason = wait_until(Duration::from_secs(60), "the shell pod to fail", || {
+    let reason = wait_on_node(Duration::from_secs(60), "the shell pod to fail", || {
         let pods = pods.clone();
         async move {
             let p = pods.get("shell").await.ok()?;

@@ -101,7 +101,7 @@ spec:
     // the kubelet waits to mount it.
     pods.create(&PostParams::default(), &pod).await.unwrap();
     let started = Instant::now();
-    let uid = wait_until(Duration::from_secs(90), "the watcher pod running", || async {
+    let uid = wait_on_node(Duration::from_secs(90), "the watcher pod running", || async {
         let p = pods.get("watcher").await.ok()?;
         (p.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| p.metadata.uid.clone().unwrap())
     })
@@ -115,7 +115,7 @@ spec:
 
     // The kubelet refreshes after 80 % of the lifetime (480 s, less a jitter of up to 10 s), when it next
     // syncs the pod: up to 11 minutes in all.
-    let second = wait_until(Duration::from_secs(660), "the kubelet to write a new token", || async {
+    let second = wait_on_node(Duration::from_secs(660), "the kubelet to write a new token", || async {
         let now = std::fs::read_to_string(&file).ok()?;
         (now != first && !now.is_empty()).then_some(now)
     })
@@ -133,7 +133,7 @@ spec:
     assert_authenticates(&client, &second, &ns, "watcher").await;
 
     // The agent read the new token: its log names the new issue time (and never a token).
-    let log = wait_until(Duration::from_secs(60), "the agent's log to show the new token", || async {
+    let log = wait_on_node(Duration::from_secs(60), "the agent's log to show the new token", || async {
         let log = pods.logs("watcher", &LogParams::default()).await.ok()?;
         log.contains(&format!(r#""iat":{iat1}"#)).then_some(log)
     })

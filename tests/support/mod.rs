@@ -189,6 +189,47 @@ where
     }
 }
 
+/// [`wait_until`] for tests that need the real node: a timeout's panic carries `e2e/node.sh diagnose`
+/// (the node's conditions and taints, free disk, pods not Running, warnings, the kubelet's last errors),
+/// so a CI log that shows only the failure still says why nothing ran.
+pub async fn wait_on_node<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", node_diagnosis());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The output of `e2e/node.sh diagnose` for the cluster of `KUBECONFIG` (its directory).
+pub fn node_diagnosis() -> String {
+    let dir = std::env::var_os("AGENTID_CLUSTER_DIR").map(std::path::PathBuf::from).or_else(|| {
+        std::env::var_os("KUBECONFIG").and_then(|k| std::path::Path::new(&k).parent().map(|p| p.to_path_buf()))
+    });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/node.sh");
+    let mut cmd = std::process::Command::new(script);
+    cmd.arg("diagnose");
+    if let Some(dir) = dir {
+        cmd.env("AGENTID_CLUSTER_DIR", dir);
+    }
+    match cmd.output() {
+        Ok(out) => format!(
+            "e2e/node.sh diagnose:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("e2e/node.sh diagnose could not run: {e}"),
+    }
+}
+
 /// Parses a YAML object into a typed resource.
 pub fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
     serde_norway::from_str(yaml).expect("test fixture YAML")
