@@ -14,6 +14,7 @@
 //!    point's first deny for the task token; agent suspended → the decision point's first deny.
 //! 5. Pod admission overhead: Pod creates in a judged vs an unjudged namespace.
 //!
+//! `AGENTID_BENCH_OPERATOR_BIN=path` runs that build of the operator instead of this bench's own.
 //! `AGENTID_BENCH_SECTIONS=3-5 make bench-cluster` runs sections 3 to 5 only, `AGENTID_BENCH_SECTIONS=1-2`
 //! sections 1 and 2 only.
 //! Needs the CRDs installed; `make bench-cluster` (e2e/bench-cluster.sh) starts a
@@ -111,11 +112,14 @@ async fn run() -> Res<()> {
     let started = Instant::now();
 
     // A private copy of the operator binary: other builds in the same target/ cannot swap it mid-run.
+    // AGENTID_BENCH_OPERATOR_BIN runs another build of the operator (another profile or allocator) under
+    // the same bench, so that two builds are compared by one harness.
+    let source = std::env::var("AGENTID_BENCH_OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_agentid").into());
     let bin = cluster_dir.join("agentid");
-    std::fs::copy(env!("CARGO_BIN_EXE_agentid"), &bin).map_err(|e| format!("copy the operator binary: {e}"))?;
+    std::fs::copy(&source, &bin).map_err(|e| format!("copy the operator binary {source}: {e}"))?;
 
     println!("# agentid cluster benchmarks\n");
-    println!("- operator binary: `{}` (run from a copy, `{}`)", env!("CARGO_BIN_EXE_agentid"), bin.display());
+    println!("- operator binary: `{source}` (run from a copy, `{}`)", bin.display());
     println!("- apiserver: `{}`", client_server());
     println!("- CPUs: {}, load average at start: {}", cpus(), loadavg());
     println!("- every request goes to 127.0.0.1; each section gives up after {} s\n", SECTION_TIMEOUT.as_secs());
@@ -333,6 +337,19 @@ impl Operator {
                 .unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// (RssAnon, RssFile) in KiB: the heap and stacks vs. pages mapped from the binary's file (its code).
+    fn rss_split(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("RssAnon:"), field("RssFile:"))
     }
 
     async fn metrics(&self) -> String {
@@ -801,6 +818,8 @@ struct Scale {
     /// Objects whose resourceVersion changed during a quiet window, and reconciles in it.
     steady: Option<(Duration, usize, [f64; 3])>,
     steady_error: Option<String>,
+    /// (RssAnon, RssFile) in KiB at the end.
+    split: (u64, u64),
 }
 
 const KINDS: [&str; 3] = ["AgentIdentity", "ToolGrant", "AgentTask"];
@@ -928,6 +947,7 @@ async fn scale(
         steps: Vec::new(),
         steady: None,
         steady_error: None,
+        split: (0, 0),
     };
     let grants = add_and_converge(
         client,
@@ -953,6 +973,7 @@ async fn scale(
     )
     .await;
     s.steps.push(tasks);
+    s.split = op.rss_split();
     // Steady state: nothing changes for a while; count what the operator writes and reconciles meanwhile.
     let r0 = reconciles(&op.metrics().await);
     match versions(client, ns).await {
@@ -993,6 +1014,12 @@ fn print_scale(s: &Scale) {
         labels.push((step.kind, step.added, step.rss.0 as f64 - prev as f64));
         prev = step.rss.0;
     }
+    let _ = writeln!(
+        out,
+        "\nAt the end: RssAnon {} MiB (heap, stacks), RssFile {} MiB (pages of the binary's file: its code).",
+        mib(s.split.0),
+        mib(s.split.1)
+    );
     let _ =
         writeln!(out, "\n| kind | objects added | RSS per 1,000 objects (with their ServiceAccounts, RBAC, anchors) |");
     let _ = writeln!(out, "|---|---|---|");

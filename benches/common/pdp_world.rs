@@ -150,7 +150,7 @@ pub fn pdp_state(w: &World, signer: &Signer) -> Arc<PdpState> {
     let mut accounts = state.accounts.write().unwrap();
     for n in 0..w.agents.len() {
         let entry = AccountEntry { uid: uuid(3, n, 0).into(), agent: agent_name(n), agent_uid: uuid(1, n, 0).into() };
-        accounts.insert((NS.to_string(), service_account(n)), entry);
+        accounts.insert(NS, &service_account(n), entry);
     }
     drop(accounts);
     state.ready.store(true, Ordering::Release);

@@ -725,7 +725,8 @@ mod tests {
         let grant = active_grant("g1", "bot", vec![tool("search", &["post"], &["https://tools.example.com/mcp"])]);
         let s = state(true, keys, Snapshot::build(&[agent], &[grant], &[], "cluster.local"));
         s.accounts.write().unwrap().insert(
-            ("agents".into(), sa.clone()),
+            "agents",
+            &sa,
             AccountEntry { uid: format!("{sa}-uid").into(), agent: "bot".into(), agent_uid: "uid-bot".into() },
         );
         let exp = k8s_openapi::jiff::Timestamp::now().as_second() + 300;
@@ -771,7 +772,8 @@ mod tests {
             let name = a.metadata.name.clone().unwrap();
             let uid = a.metadata.uid.clone().unwrap();
             s.accounts.write().unwrap().insert(
-                ("agents".into(), sa.clone()),
+                "agents",
+                &sa,
                 AccountEntry { uid: format!("{sa}-uid").into(), agent: name, agent_uid: uid.into() },
             );
         }

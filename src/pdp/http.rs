@@ -350,7 +350,7 @@ mod tests {
             agent: "bot".into(),
             agent_uid: agent.metadata.uid.clone().unwrap().into(),
         };
-        state.accounts.write().unwrap().insert(("agents".into(), "agent-bot".into()), account);
+        state.accounts.write().unwrap().insert("agents", "agent-bot", account);
         state.ready.store(true, std::sync::atomic::Ordering::Release);
         let exp = k8s_openapi::jiff::Timestamp::now().as_second() + 600;
         let token = signer.sign(&claims("agents", "agent-bot", "agentid-pdp", exp, None));

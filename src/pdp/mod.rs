@@ -24,7 +24,7 @@ use tracing::info;
 
 use crate::api::DataSensitivity;
 use crate::core::jwt;
-use crate::core::pdp::caller::{self, AccountEntry, AnchorEntry, Caller};
+use crate::core::pdp::caller::{self, AccountEntry, AnchorEntry, ByName, Caller};
 use crate::core::pdp::{DecideConfig, Decision, DecisionRequest, MemoryUsage, Outcome, ReasonCode, Snapshot};
 use crate::metrics::Metrics;
 use budget::Budgets;
@@ -132,8 +132,8 @@ impl Answer {
 pub struct PdpState {
     pub config: PdpConfig,
     pub snapshot: RwLock<Snapshot>,
-    pub accounts: RwLock<HashMap<(String, String), AccountEntry>>,
-    pub anchors: RwLock<HashMap<(String, String), AnchorEntry>>,
+    pub accounts: RwLock<ByName<AccountEntry>>,
+    pub anchors: RwLock<ByName<AnchorEntry>>,
     pub usage: Mutex<MemoryUsage>,
     pub budgets: Arc<Budgets>,
     pub keys: Arc<KeySource>,
@@ -168,8 +168,8 @@ impl PdpState {
         PdpState {
             config,
             snapshot: RwLock::new(Snapshot::new(trust_domain)),
-            accounts: RwLock::new(HashMap::new()),
-            anchors: RwLock::new(HashMap::new()),
+            accounts: RwLock::new(ByName::default()),
+            anchors: RwLock::new(ByName::default()),
             usage: Mutex::new(MemoryUsage::default()),
             budgets,
             keys,
@@ -195,15 +195,13 @@ impl PdpState {
             verified = self.verify(bearer, now);
         }
         let token = verified.map_err(|e| e.to_string())?;
-        let key = (token.namespace.clone(), token.service_account.name.clone());
-        let account = self.accounts.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
-        let anchor = token.secret.as_ref().and_then(|s| {
-            self.anchors
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&(token.namespace.clone(), s.name.clone()))
-                .cloned()
-        });
+        let ns = &token.namespace;
+        let account =
+            self.accounts.read().unwrap_or_else(|p| p.into_inner()).get(ns, &token.service_account.name).cloned();
+        let anchor = token
+            .secret
+            .as_ref()
+            .and_then(|s| self.anchors.read().unwrap_or_else(|p| p.into_inner()).get(ns, &s.name).cloned());
         let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
         caller::identify(&token, &snap, account.as_ref(), anchor.as_ref(), &self.config.audience)
     }

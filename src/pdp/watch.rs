@@ -170,12 +170,12 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
             };
             let entry =
                 AccountEntry { uid: Uid::new(&o.uid().unwrap_or_default()), agent, agent_uid: agent_uid.into() };
-            s.accounts.write().unwrap_or_else(|p| p.into_inner()).insert((ns, name), entry);
+            s.accounts.write().unwrap_or_else(|p| p.into_inner()).insert(&ns, &name, entry);
         },
         |s, ns, n| {
-            s.accounts.write().unwrap_or_else(|p| p.into_inner()).remove(&(ns.to_string(), n.to_string()));
+            s.accounts.write().unwrap_or_else(|p| p.into_inner()).remove(ns, n);
         },
-        |s| s.accounts.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect(),
+        |s| s.accounts.read().unwrap_or_else(|p| p.into_inner()).keys(),
     ));
     let anchors = watcher::watcher(
         api::<PartialObjectMeta<Secret>>(&client, ns),
@@ -190,12 +190,12 @@ pub fn start(client: Client, namespace: Option<String>, state: Arc<PdpState>) ->
         |s, o| {
             let (Some((ns, name)), Some((task, task_uid))) = (key_of(o), owner_uid(o, "AgentTask")) else { return };
             let entry = AnchorEntry { uid: Uid::new(&o.uid().unwrap_or_default()), task, task_uid: task_uid.into() };
-            s.anchors.write().unwrap_or_else(|p| p.into_inner()).insert((ns, name), entry);
+            s.anchors.write().unwrap_or_else(|p| p.into_inner()).insert(&ns, &name, entry);
         },
         |s, ns, n| {
-            s.anchors.write().unwrap_or_else(|p| p.into_inner()).remove(&(ns.to_string(), n.to_string()));
+            s.anchors.write().unwrap_or_else(|p| p.into_inner()).remove(ns, n);
         },
-        |s| s.anchors.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect(),
+        |s| s.anchors.read().unwrap_or_else(|p| p.into_inner()).keys(),
     ));
 
     let keys = state.keys.clone();

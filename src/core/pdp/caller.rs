@@ -20,6 +20,76 @@ use super::snapshot::Snapshot;
 use crate::core::jwt::ServiceAccountToken;
 use crate::core::uid::Uid;
 
+/// Entries by namespace and name: each namespace held once, names without a second copy of it, and a
+/// lookup by `&str` that allocates nothing (the decision path looks up a ServiceAccount and an anchor on
+/// every call). Namespaces left empty are dropped.
+#[derive(Debug, Clone)]
+pub struct ByName<V> {
+    namespaces: HashMap<Box<str>, HashMap<Box<str>, V>>,
+    len: usize,
+}
+
+impl<V> Default for ByName<V> {
+    fn default() -> Self {
+        ByName { namespaces: HashMap::new(), len: 0 }
+    }
+}
+
+impl<V> ByName<V> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&V> {
+        self.namespaces.get(namespace)?.get(name)
+    }
+
+    /// Inserts or replaces; the entry replaced, if any.
+    pub fn insert(&mut self, namespace: &str, name: &str, value: V) -> Option<V> {
+        let names = match self.namespaces.get_mut(namespace) {
+            Some(names) => names,
+            None => self.namespaces.entry(namespace.into()).or_default(),
+        };
+        let old = names.insert(name.into(), value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove(&mut self, namespace: &str, name: &str) -> Option<V> {
+        let names = self.namespaces.get_mut(namespace)?;
+        let old = names.remove(name)?;
+        self.len -= 1;
+        if names.is_empty() {
+            self.namespaces.remove(namespace);
+        }
+        Some(old)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// (namespace, name) of every entry.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, names)| names.keys().map(move |n| (ns.to_string(), n.to_string())))
+            .collect()
+    }
+}
+
+impl<V, N: AsRef<str>, M: AsRef<str>> FromIterator<((N, M), V)> for ByName<V> {
+    fn from_iter<I: IntoIterator<Item = ((N, M), V)>>(iter: I) -> Self {
+        let mut map = ByName::default();
+        for ((ns, name), v) in iter {
+            map.insert(ns.as_ref(), name.as_ref(), v);
+        }
+        map
+    }
+}
+
 /// A ServiceAccount agentid created for an agent, as the watch saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountEntry {
@@ -152,20 +222,20 @@ pub fn parse_principal(id: &str) -> Result<Principal<'_>, String> {
 pub fn identify_principal(
     principal: &str,
     snap: &Snapshot,
-    accounts: &HashMap<(String, String), AccountEntry>,
+    accounts: &ByName<AccountEntry>,
     mesh_trust_domains: &[String],
 ) -> Result<Caller, String> {
     let no_agent = || format!("peer principal {principal} is not the identity of a current agent");
     let (ns, account) = match parse_principal(principal)? {
         Principal::Agent { namespace, name, .. } => {
             let agent = snap.agent(namespace, name).filter(|a| a.spiffe_id == principal).ok_or_else(no_agent)?;
-            (namespace, accounts.get(&(namespace.to_string(), agent.service_account.clone())))
+            (namespace, accounts.get(namespace, &agent.service_account))
         }
         Principal::ServiceAccount { trust_domain, namespace, name } => {
             if trust_domain != snap.trust_domain() && !mesh_trust_domains.iter().any(|d| d == trust_domain) {
                 return Err(format!("peer principal {principal}: trust domain {trust_domain:?} is not trusted"));
             }
-            (namespace, accounts.get(&(namespace.to_string(), name.to_string())))
+            (namespace, accounts.get(namespace, name))
         }
     };
     let account = account.ok_or_else(no_agent)?;
@@ -320,8 +390,29 @@ mod tests {
         assert!(identify(&t, &snap, Some(&account()), Some(&anchor()), pdp).unwrap_err().contains("audience"));
     }
 
-    fn accounts() -> HashMap<(String, String), AccountEntry> {
-        HashMap::from([(("agents".to_string(), "agent-bot".to_string()), account())])
+    fn accounts() -> ByName<AccountEntry> {
+        ByName::from_iter([(("agents", "agent-bot"), account())])
+    }
+
+    #[test]
+    fn by_name_counts_replaces_and_drops_empty_namespaces() {
+        let mut m = ByName::default();
+        assert_eq!(m.insert("a", "x", 1), None);
+        assert_eq!(m.insert("a", "y", 2), None);
+        assert_eq!(m.insert("b", "x", 3), None);
+        assert_eq!(m.insert("a", "x", 4), Some(1));
+        assert_eq!((m.len(), m.get("a", "x"), m.get("b", "x"), m.get("b", "y")), (3, Some(&4), Some(&3), None));
+        assert_eq!(m.remove("b", "x"), Some(3));
+        assert_eq!(m.remove("b", "x"), None);
+        assert_eq!(m.remove("zz", "x"), None);
+        assert_eq!(m.len(), 2);
+        assert!(!m.namespaces.contains_key("b"), "an emptied namespace is dropped");
+        let mut keys = m.keys();
+        keys.sort();
+        assert_eq!(keys, [("a".to_string(), "x".to_string()), ("a".to_string(), "y".to_string())]);
+        m.remove("a", "x");
+        m.remove("a", "y");
+        assert!(m.is_empty() && m.namespaces.is_empty());
     }
 
     #[test]
@@ -374,7 +465,7 @@ mod tests {
     #[test]
     fn a_peer_principal_of_anything_agentid_did_not_create_is_refused() {
         let snap = snapshot();
-        let none = HashMap::new();
+        let none = ByName::default();
         let ids = [
             // agentid's form in another trust domain, another namespace, or of no agent.
             "spiffe://evil.example/ns/agents/agent/bot",
@@ -389,8 +480,8 @@ mod tests {
         // The agent's ServiceAccount, but the watch has not seen agentid create it (or it was re-created).
         for p in ["spiffe://cluster.local/ns/agents/agent/bot", "spiffe://cluster.local/ns/agents/sa/agent-bot"] {
             assert!(identify_principal(p, &snap, &none, &[]).is_err());
-            let stale = HashMap::from([(
-                ("agents".to_string(), "agent-bot".to_string()),
+            let stale = ByName::from_iter([(
+                ("agents", "agent-bot"),
                 AccountEntry { agent_uid: "old-agent-uid".into(), ..account() },
             )]);
             assert!(identify_principal(p, &snap, &stale, &[]).is_err());
