@@ -174,7 +174,19 @@ fn test_args(operator_ns: &str, port: u16, name: &str, scope: &str) -> RunArgs {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll(timeout, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`; `None` after `timeout`.
+async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -182,9 +194,11 @@ where
     let start = Instant::now();
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        if start.elapsed() >= timeout {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -192,20 +206,14 @@ where
 /// [`wait_until`] for tests that need the real node: a timeout's panic carries `e2e/node.sh diagnose`
 /// (the node's conditions and taints, free disk, pods not Running, warnings, the kubelet's last errors),
 /// so a CI log that shows only the failure still says why nothing ran.
-pub async fn wait_on_node<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn wait_on_node<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if start.elapsed() >= timeout {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", node_diagnosis());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    match poll(timeout, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}\n{}", node_diagnosis()),
     }
 }
 
