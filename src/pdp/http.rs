@@ -393,6 +393,45 @@ mod tests {
             .to_string()
     }
 
+    /// What a test's tracing subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The decision log line (JSON, as `--log-format json` writes it) names the arguments but never carries
+    /// their values, the token, or the destination's query and fragment (threat model: information
+    /// disclosure through logs).
+    #[tokio::test]
+    async fn the_decision_log_carries_no_token_argument_value_or_query() {
+        let (state, token) = ready_state();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let body = json!({"action": {"name": "read"}, "resource": {"type": "tool", "id": "crm", "properties": {
+            "destination": "https://crm.internal/api/x?apikey=QUERYVALUE#FRAGVALUE",
+            "arguments": {"customer_id": "ARGVALUE-4711", "note": "ARGVALUE-0815"}}}});
+        let (status, _, v) = call(&state, evaluation(&token, &body.to_string())).await;
+        assert_eq!((status, &v["decision"]), (StatusCode::OK, &json!(true)), "{v}");
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line = log.lines().find(|l| l.contains(r#""message":"decision""#)).unwrap_or_else(|| panic!("{log}"));
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["fields"]["destination"], "https://crm.internal/api/x", "{line}");
+        assert!(line["fields"]["arguments"].as_str().is_some_and(|a| a.contains("customer_id")), "{line}");
+        for secret in [token.as_str(), "QUERYVALUE", "FRAGVALUE", "ARGVALUE"] {
+            assert!(!log.contains(secret), "the log carries {secret:?}: {log}");
+        }
+    }
+
     #[tokio::test]
     async fn authzen_allows_and_denies_with_reasons() {
         let (state, token) = ready_state();

@@ -99,3 +99,51 @@ impl KeySource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose apiserver serves OIDC discovery and a JWKS with one key, and counts the requests.
+    fn apiserver() -> (Client, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let path = req.uri().path().to_string();
+            log.lock().unwrap().push(path.clone());
+            let body = match path.as_str() {
+                "/.well-known/openid-configuration" => r#"{"issuer": "https://kubernetes.default.svc"}"#,
+                _ => r#"{"keys": [{"kid": "k1", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}"#,
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    axum::http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(body.as_bytes().to_vec()))
+                        .unwrap(),
+                )
+            }
+        });
+        (Client::new(svc, "default"), seen)
+    }
+
+    /// Tokens naming unknown keys make the decision point fetch the keys at most once per MIN_REFRESH
+    /// (threat model: a flood of tokens with made-up key ids must not become a flood on the apiserver).
+    #[tokio::test]
+    async fn unknown_keys_fetch_at_most_once_per_min_refresh() {
+        let (client, seen) = apiserver();
+        let source = KeySource::new(client);
+        assert!(source.refresh_for_unknown_key().await, "the first unknown key fetches");
+        assert_eq!(*seen.lock().unwrap(), ["/.well-known/openid-configuration", "/openid/v1/jwks"]);
+        let keys = source.current().expect("keys loaded");
+        assert_eq!((keys.issuer.as_str(), keys.keys.keys.len()), ("https://kubernetes.default.svc", 1));
+        for _ in 0..100 {
+            assert!(!source.refresh_for_unknown_key().await, "within MIN_REFRESH: no fetch");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2, "no request to the apiserver within MIN_REFRESH");
+        // Once MIN_REFRESH has passed, the next unknown key fetches again.
+        *source.last_fetch.lock().unwrap() = Some(Instant::now() - MIN_REFRESH - Duration::from_millis(1));
+        assert!(source.refresh_for_unknown_key().await);
+        assert_eq!(seen.lock().unwrap().len(), 4);
+    }
+}

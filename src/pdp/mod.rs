@@ -157,6 +157,20 @@ struct VerifiedTokens {
     tokens: HashMap<[u8; 32], Arc<jwt::ServiceAccountToken>>,
 }
 
+impl VerifiedTokens {
+    /// Remembers a verified token, holding at most `cap`: when full, the expired ones go first, and if that
+    /// frees nothing, all of them (each is verified again on its next use: a bound, never a wrong answer).
+    fn remember(&mut self, hash: [u8; 32], token: Arc<jwt::ServiceAccountToken>, now: i64, cap: usize) {
+        if self.tokens.len() >= cap {
+            self.tokens.retain(|_, t| now <= t.expires_at);
+            if self.tokens.len() >= cap {
+                self.tokens.clear();
+            }
+        }
+        self.tokens.insert(hash, token);
+    }
+}
+
 impl PdpState {
     pub fn new(
         config: PdpConfig,
@@ -229,14 +243,7 @@ impl PdpState {
             }
         }
         let token = Arc::new(jwt::verify(bearer, &keys.keys, &keys.issuer, now, &|_| true)?);
-        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.tokens.len() >= VERIFIED_TOKENS {
-            cache.tokens.retain(|_, t| now <= t.expires_at);
-            if cache.tokens.len() >= VERIFIED_TOKENS {
-                cache.tokens.clear();
-            }
-        }
-        cache.tokens.insert(hash, token.clone());
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).remember(hash, token.clone(), now, VERIFIED_TOKENS);
         Ok(token)
     }
 
@@ -389,5 +396,45 @@ pub fn outcome_of(a: &Answer) -> Outcome {
         "allow" => Outcome::Allow,
         "approval-required" => Outcome::ApprovalRequired,
         _ => Outcome::Deny,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(expires_at: i64) -> Arc<jwt::ServiceAccountToken> {
+        Arc::new(jwt::ServiceAccountToken {
+            namespace: "agents".into(),
+            service_account: Default::default(),
+            secret: None,
+            audiences: vec![],
+            expires_at,
+            id: None,
+            subject: String::new(),
+        })
+    }
+
+    /// The verified-token cache stays within its bound: expired tokens go first, and a cache full of live
+    /// tokens starts over rather than grow (threat model: a flood of distinct valid tokens).
+    #[test]
+    fn the_verified_token_cache_is_bounded() {
+        let mut cache = VerifiedTokens::default();
+        let now = 1_000;
+        cache.remember([1; 32], token(now - 1), now, 3);
+        cache.remember([2; 32], token(now + 60), now, 3);
+        cache.remember([3; 32], token(now + 60), now, 3);
+        assert_eq!(cache.tokens.len(), 3);
+        // Full: the expired one makes room; the live ones stay.
+        cache.remember([4; 32], token(now + 60), now, 3);
+        assert_eq!(cache.tokens.len(), 3);
+        assert!(!cache.tokens.contains_key(&[1; 32]) && cache.tokens.contains_key(&[2; 32]));
+        // Full of live tokens: starts over with the new one.
+        cache.remember([5; 32], token(now + 60), now, 3);
+        assert_eq!(cache.tokens.keys().collect::<Vec<_>>(), [&[5; 32]]);
+        for i in 0..100u8 {
+            cache.remember([i; 32], token(now + 60), now, 3);
+            assert!(cache.tokens.len() <= 3);
+        }
     }
 }
