@@ -135,6 +135,25 @@ async fn helm_installs_two_replicas_whose_webhook_answers_through_the_service() 
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     assert_eq!(ready_replicas(&deploys).await, 2);
 
+    // Both pods run under the chart's security context: non-root (which the kubelet enforces: an image
+    // running as root would not start), RuntimeDefault seccomp, a read-only root, no capabilities.
+    let selector = ListParams::default().labels("app.kubernetes.io/name=agentid");
+    let running = Api::<Pod>::namespaced(client.clone(), &ns).list(&selector).await.unwrap();
+    assert_eq!(running.items.len(), 2);
+    for p in &running.items {
+        let spec = p.spec.as_ref().unwrap();
+        let pod_ctx = spec.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(pod_ctx.run_as_non_root, Some(true));
+        assert_eq!(pod_ctx.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
+        for c in &spec.containers {
+            let ctx = c.security_context.as_ref().expect("container securityContext");
+            assert_eq!((ctx.read_only_root_filesystem, ctx.allow_privilege_escalation), (Some(true), Some(false)));
+            let dropped = ctx.capabilities.as_ref().and_then(|c| c.drop.clone()).unwrap_or_default();
+            assert_eq!(dropped, ["ALL"], "{}", c.name);
+        }
+        assert_eq!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+    }
+
     // Registered through the Service, with the CA of the self-managed certificate in the Secret.
     let vwc = wait_on_node(Duration::from_secs(30), "the webhook configuration", || {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());

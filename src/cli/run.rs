@@ -336,6 +336,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether this instance turns ToolGrants into RBAC: only when it serves and registers the ToolGrant
+/// escalation check itself (so no grant carries permissions its author lacks), or when told that something
+/// else checks every grant (`--allow-unchecked-grants`).
+fn grants_become_rbac(args: &RunArgs) -> bool {
+    (!args.no_webhook && !args.no_webhook_registration) || args.allow_unchecked_grants
+}
+
+/// `--audit-apiserver-events` writes what is posted to the admission listener into agents' timelines: only
+/// when that listener requires the apiserver's client certificate, and there is a trail to write to.
+fn audit_ingest_allowed(args: &RunArgs) -> Result<()> {
+    if args.audit.audit_dir.is_none() {
+        return Err(Error::Config("--audit-apiserver-events needs --audit-dir".into()));
+    }
+    if args.webhook_client_ca_file.is_none() {
+        return Err(Error::Config(
+            "--audit-apiserver-events needs --webhook-client-ca-file: only the apiserver, with its client certificate, may post audit events".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// How long a stopping replica waits for its connections to finish (the chart's grace period is 30 s,
 /// 5 s of which the preStop sleep takes).
 const DRAIN_WITHIN: Duration = Duration::from_secs(10);
@@ -373,8 +394,7 @@ async fn lead(
 ) -> Result<()> {
     info!(trust_domain = %ctx.config.trust_domain, "agentid controllers started");
     let controllers = async {
-        let grants_checked = !args.no_webhook && !args.no_webhook_registration;
-        if grants_checked || args.allow_unchecked_grants {
+        if grants_become_rbac(args) {
             tokio::join!(
                 controller::identity::run(ctx.clone()),
                 controller::toolgrant::run(ctx.clone()),
@@ -561,14 +581,10 @@ pub async fn serve_webhook(
     };
     let mut app = webhook::router(state.clone());
     if args.audit.audit_apiserver_events {
+        audit_ingest_allowed(args)?;
         let Some(trail) = trail.clone() else {
             return Err(Error::Config("--audit-apiserver-events needs --audit-dir".into()));
         };
-        if args.webhook_client_ca_file.is_none() {
-            return Err(Error::Config(
-                "--audit-apiserver-events needs --webhook-client-ca-file: only the apiserver, with its client certificate, may post audit events".into(),
-            ));
-        }
         let ingest = crate::audit::ingest::IngestState {
             trail,
             agents: state.agents.clone(),
@@ -578,4 +594,43 @@ pub async fn serve_webhook(
         info!(path = crate::audit::ingest::PATH, "taking the apiserver's audit events");
     }
     Ok(Serving { listening: server::serve(client, app, cfg, ready).await?, audit: trail, agents })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("agentid").chain(flags.iter().copied())).unwrap().run
+    }
+
+    /// Threat model (ToolGrant escalation): an instance that does not check ToolGrants' authors does not
+    /// turn them into RBAC unless told that something else checks them.
+    #[test]
+    fn grants_become_rbac_only_where_they_are_checked() {
+        assert!(grants_become_rbac(&args(&[])));
+        assert!(!grants_become_rbac(&args(&["--no-webhook"])));
+        assert!(!grants_become_rbac(&args(&["--no-webhook-registration"])));
+        assert!(grants_become_rbac(&args(&["--no-webhook", "--allow-unchecked-grants"])));
+        assert!(grants_become_rbac(&args(&["--no-webhook-registration", "--allow-unchecked-grants"])));
+    }
+
+    /// Threat model (forged audit events): the apiserver's audit events are taken only on a listener that
+    /// requires the apiserver's client certificate.
+    #[test]
+    fn apiserver_audit_events_need_the_client_certificate_and_a_trail() {
+        let no_ca = audit_ingest_allowed(&args(&["--audit-apiserver-events", "--audit-dir", "/tmp/a"]));
+        assert!(no_ca.unwrap_err().to_string().contains("--webhook-client-ca-file"));
+        let no_dir = audit_ingest_allowed(&args(&["--audit-apiserver-events", "--webhook-client-ca-file", "/ca.crt"]));
+        assert!(no_dir.unwrap_err().to_string().contains("--audit-dir"));
+        let both = ["--audit-apiserver-events", "--audit-dir", "/tmp/a", "--webhook-client-ca-file", "/ca.crt"];
+        assert!(audit_ingest_allowed(&args(&both)).is_ok());
+    }
 }
