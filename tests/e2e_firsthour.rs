@@ -30,7 +30,7 @@ async fn the_names_users_type_work() {
 #[tokio::test]
 async fn run_without_the_operator_namespace_says_what_is_missing_in_one_line() {
     let _env = env("firsthour-run").await;
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port;
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
         .args(["run", "--operator-namespace", "no-such-namespace-for-agentid"])
         .args(["--probe-addr", &format!("127.0.0.1:{}", port())])

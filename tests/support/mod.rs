@@ -285,7 +285,7 @@ impl Webhook {
             return Self::of_chart(client, scope, &ns, configure).await;
         }
         let operator_ns = namespace(client, "agentid-op").await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let name = format!("agentid-test-{scope}");
         let mut args = test_args(&operator_ns, port, &name, scope);
         configure(&mut args);
@@ -526,9 +526,34 @@ impl Drop for Killed {
     }
 }
 
-/// A free port on 127.0.0.1.
+/// A free port on 127.0.0.1 for a server a test starts (often in another process, which binds it later).
+///
+/// Taken from 20000–29999, below the kernel's ephemeral range (`ip_local_port_range`, 32768–60999 here) and
+/// the NodePort range: a port from `bind(127.0.0.1:0)` is an ephemeral one, and between this call and the
+/// server's bind any outgoing connection of a concurrent test (to the apiserver, say) could take it. That
+/// happened in CI: a replica of `tests/e2e_faults.rs` exited with "Address already in use". Each process
+/// starts at its own offset and walks the range, so concurrent test binaries do not hand out the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low < FIRST + SPAN {
+        // An unusual ephemeral range that overlaps ours: let the kernel choose.
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let offset = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Creates these ServiceAccounts in `ns` unless they exist. With a node (AGENTID_NODE=1) the apiserver's
