@@ -582,9 +582,9 @@ pub async fn serve_webhook(
     let mut app = webhook::router(state.clone());
     if args.audit.audit_apiserver_events {
         audit_ingest_allowed(args)?;
-        let Some(trail) = trail.clone() else {
-            return Err(Error::Config("--audit-apiserver-events needs --audit-dir".into()));
-        };
+    }
+    // Allowed means --audit-dir was given, and the trail exists exactly then.
+    if let (true, Some(trail)) = (args.audit.audit_apiserver_events, trail.clone()) {
         let ingest = crate::audit::ingest::IngestState {
             trail,
             agents: state.agents.clone(),

@@ -26,12 +26,11 @@ use crate::core::uid::Uid;
 #[derive(Debug, Clone)]
 pub struct ByName<V> {
     namespaces: HashMap<Box<str>, HashMap<Box<str>, V>>,
-    len: usize,
 }
 
 impl<V> Default for ByName<V> {
     fn default() -> Self {
-        ByName { namespaces: HashMap::new(), len: 0 }
+        ByName { namespaces: HashMap::new() }
     }
 }
 
@@ -46,17 +45,12 @@ impl<V> ByName<V> {
             Some(names) => names,
             None => self.namespaces.entry(namespace.into()).or_default(),
         };
-        let old = names.insert(name.into(), value);
-        if old.is_none() {
-            self.len += 1;
-        }
-        old
+        names.insert(name.into(), value)
     }
 
     pub fn remove(&mut self, namespace: &str, name: &str) -> Option<V> {
         let names = self.namespaces.get_mut(namespace)?;
         let old = names.remove(name)?;
-        self.len -= 1;
         if names.is_empty() {
             self.namespaces.remove(namespace);
         }
@@ -64,11 +58,12 @@ impl<V> ByName<V> {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.namespaces.values().map(HashMap::len).sum()
     }
 
+    /// Namespaces are dropped when emptied, so no namespace means no entry.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.namespaces.is_empty()
     }
 
     /// (namespace, name) of every entry.
