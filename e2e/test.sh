@@ -7,8 +7,26 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$root/.cache/bin:$PATH"
 
+# Free space on the disk that target/, the control plane and the node's kubelet share, printed at each
+# step: a CI log then says where it went when the disk runs short.
+free_mib() { df -Pm "$root" | awk 'NR == 2 {print $4}'; }
+disk() { echo "== free disk $*: $(free_mib) MiB"; }
+disk "at the start"
+# A clean checkout's builds take about 6 GiB (target/: tests, integration tests, the release binary) and the
+# node 1 GiB more. When less is free, Go's build cache goes first: it only made the control plane's
+# binaries (`make tools`, already built) and is rebuilt on demand. Nothing of the project's is removed.
+if [ "$(free_mib)" -lt "${AGENTID_TEST_DISK_WANT_MIB:-8192}" ] && command -v go >/dev/null; then
+  gocache=$(go env GOCACHE 2>/dev/null || true)
+  if [ -d "$gocache" ]; then
+    echo "== less than ${AGENTID_TEST_DISK_WANT_MIB:-8192} MiB free: emptying Go's build cache ($gocache, $(du -sm "$gocache" | cut -f1) MiB)"
+    go clean -cache
+    disk "after emptying Go's build cache"
+  fi
+fi
+
 echo "== unit tests and CRD drift (no cluster)"
 cargo test --locked
+disk "after the unit tests"
 
 export AGENTID_CLUSTER_DIR="${AGENTID_TEST_CLUSTER_DIR:-$root/.cache/test-cluster}"
 results="$root/.cache/e2e-results.log"
@@ -41,10 +59,18 @@ if [ -z "${AGENTID_NODE:-}" ]; then
 fi
 export AGENTID_NODE
 no_node_reason=${no_node_reason:-AGENTID_NODE=$AGENTID_NODE}
-echo "== starting the local control plane$([ "$AGENTID_NODE" = 1 ] && echo " with a real node")"
+# Everything is built before the control plane starts, so the node's own check of free disk (e2e/node.sh
+# up) sees what the builds left, and no build eats into the kubelet's floor while pods should run.
+echo "== building the integration tests$([ "$AGENTID_NODE" = 1 ] && echo ", and the release images for the node")"
+cargo test --locked --features e2e --test 'e2e_*' --test threats --no-run
 if [ "$AGENTID_NODE" = 1 ]; then
   e2e/tools/node-packages.sh
+  cargo build --release --locked --bin agentid --example sample-agent
+  e2e/tools/image.sh agentid
+  e2e/tools/image.sh sample-agent
 fi
+disk "after the builds"
+echo "== starting the local control plane$([ "$AGENTID_NODE" = 1 ] && echo " with a real node")"
 if ! e2e/cluster.sh up; then
   # Asked for (AGENTID_NODE=1) or no node at all: a failure. Chosen by preflight: go on without it,
   # loudly, after `down` restored the host.
@@ -62,7 +88,6 @@ echo "== chromium for tests/e2e_report_html.rs: $AGENTID_CHROMIUM"
 rotation_pid=
 if [ "$AGENTID_NODE" = 1 ]; then
   echo "== the agentid and sample-agent images from the release build, loaded into the node (make image)"
-  cargo build --release --locked --bin agentid --example sample-agent
   e2e/node.sh load agentid sample-agent
   # The kubelet rotates projected tokens only after 80 % of their lifetime (at least 600 s): this test
   # waits about 8 minutes, so it runs in the background, alongside the suites below.
@@ -111,4 +136,5 @@ if [ "$AGENTID_NODE" = 1 ]; then
 else
   echo "== NOT RUN: the tests that need a real node (tests/e2e_node*.rs, listed as ignored above): $no_node_reason" >&2
 fi
+disk "at the end"
 exit "$status"
