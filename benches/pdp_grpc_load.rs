@@ -59,6 +59,8 @@ use agentid::pdp::grpc::interfaces;
 
 // The world (agents, grants, tokens, OPA data, the calls and the agreement cases), shared with
 // benches/pdp_load.rs.
+#[path = "../tests/support/envoy_protos.rs"]
+mod envoy_protos;
 #[path = "common/pdp_world.rs"]
 mod world;
 use world::*;
@@ -303,20 +305,7 @@ async fn check_agreement(targets: &[Target], cases: &[Agreement]) -> usize {
 /// Where the envoy-types crate keeps the .proto files (there is no reflection), as tests/e2e_grpc.rs finds
 /// them, and the import paths ghz and grpcurl need.
 fn import_paths() -> Vec<PathBuf> {
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
-    let manifest = v["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "envoy-types")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("envoy-types among the dependencies");
-    let proto = Path::new(manifest).parent().unwrap().join("proto");
+    let proto = envoy_protos::proto_dir();
     ["data-plane-api", "xds", "protoc-gen-validate", "googleapis"].iter().map(|d| proto.join(d)).collect()
 }
 

@@ -3,6 +3,8 @@
 #![cfg(feature = "e2e")]
 
 mod support;
+#[path = "support/envoy_protos.rs"]
+mod envoy_protos;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,24 +17,6 @@ use support::*;
 
 use agentid::api::{AgentIdentity, GrantPhase, ToolGrant};
 
-/// Where the envoy-types crate keeps the .proto files grpcurl needs (there is no reflection).
-fn proto_dir() -> std::path::PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
-    let manifest = v["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "envoy-types")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("envoy-types among the dependencies");
-    std::path::Path::new(manifest).parent().unwrap().join("proto")
-}
-
 fn check(ca: &std::path::Path, addr: std::net::SocketAddr, request: &Value) -> Value {
     check_as(ca, None, addr, request)
 }
@@ -44,7 +28,7 @@ fn check_as(
     addr: std::net::SocketAddr,
     request: &Value,
 ) -> Value {
-    let p = proto_dir();
+    let p = envoy_protos::proto_dir();
     let mut args = vec!["-cacert".to_string(), ca.display().to_string()];
     if let Some((cert, key)) = client {
         args.extend(["-cert".to_string(), cert.display().to_string(), "-key".to_string(), key.display().to_string()]);
