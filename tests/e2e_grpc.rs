@@ -2,9 +2,9 @@
 //! e2e/tools/build.sh) with a token the real apiserver issued.
 #![cfg(feature = "e2e")]
 
-mod support;
 #[path = "support/envoy_protos.rs"]
 mod envoy_protos;
+mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
