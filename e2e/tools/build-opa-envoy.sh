@@ -46,4 +46,6 @@ pkg=github.com/open-policy-agent/opa-envoy-plugin
 (cd "$mod" && go get "$pkg/cmd/opa-envoy-plugin@$OPA_ENVOY_VERSION" &&
   go build -trimpath -ldflags "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_ENVOY_VERSION#v}" \
     -o "$bin/opa-envoy" "$pkg/cmd/opa-envoy-plugin")
-"$bin/opa-envoy" version | head -1 >&2
+# Its first line, without `| head -1`: head closing the pipe early is SIGPIPE (141) under pipefail.
+out=$("$bin/opa-envoy" version)
+printf '%s\n' "${out%%$'\n'*}" >&2

@@ -39,4 +39,6 @@ log "building opa $OPA_VERSION (cold: a few minutes)"
 (cd "$mod" && go get "github.com/open-policy-agent/opa@$OPA_VERSION" &&
   go build -trimpath -ldflags "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}" \
     -o "$bin/opa" github.com/open-policy-agent/opa)
-"$bin/opa" version | head -1 >&2
+# Its first line, without `| head -1`: head closing the pipe early is SIGPIPE (141) under pipefail.
+out=$("$bin/opa" version)
+printf '%s\n' "${out%%$'\n'*}" >&2
