@@ -582,16 +582,16 @@ pub async fn serve_webhook(
     let mut app = webhook::router(state.clone());
     if args.audit.audit_apiserver_events {
         audit_ingest_allowed(args)?;
-    }
-    // Allowed means --audit-dir was given, and the trail exists exactly then.
-    if let (true, Some(trail)) = (args.audit.audit_apiserver_events, trail.clone()) {
-        let ingest = crate::audit::ingest::IngestState {
-            trail,
-            agents: state.agents.clone(),
-            trust_domain: args.trust_domain.clone(),
-        };
-        app = app.merge(crate::audit::ingest::router(Arc::new(ingest)));
-        info!(path = crate::audit::ingest::PATH, "taking the apiserver's audit events");
+        // Allowed means --audit-dir was given, and the trail exists exactly then.
+        if let Some(trail) = trail.clone() {
+            let ingest = crate::audit::ingest::IngestState {
+                trail,
+                agents: state.agents.clone(),
+                trust_domain: args.trust_domain.clone(),
+            };
+            app = app.merge(crate::audit::ingest::router(Arc::new(ingest)));
+            info!(path = crate::audit::ingest::PATH, "taking the apiserver's audit events");
+        }
     }
     Ok(Serving { listening: server::serve(client, app, cfg, ready).await?, audit: trail, agents })
 }

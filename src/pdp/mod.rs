@@ -335,7 +335,7 @@ impl PdpState {
         let took = started.elapsed();
         let reason = a.reasons.first().copied().unwrap_or("");
         self.metrics.decision(a.decision, reason, took.as_secs_f64());
-        let destination = q.destination.as_deref().map(|d| d.split(['?', '#']).next().unwrap_or_default());
+        let destination = q.destination.as_deref().map(crate::core::audit::record::destination);
         info!(
             target: "agentid::decision",
             decision_id = %a.decision_id,
@@ -374,9 +374,7 @@ fn audit_event(a: &Answer, caller: Option<Caller>, q: Question) -> crate::core::
     e.tool = Some(tool);
     e.action = Some(action);
     e.destination = destination.map(|mut d| {
-        if let Some(cut) = d.find(['?', '#']) {
-            d.truncate(cut);
-        }
+        d.truncate(crate::core::audit::record::destination(&d).len());
         d
     });
     e.decision = Some(a.decision.to_string());
