@@ -276,3 +276,67 @@ async fn a_closing_connection_reads_what_the_client_still_sends_instead_of_reset
     let drained = tokio::time::timeout(Duration::from_secs(2), draining).await.expect("drain").unwrap();
     assert!(drained, "the drain did not see the connection end");
 }
+
+/// HTTP/1.1 has no GOAWAY, and the apiserver calls a webhook through its Service over HTTP/1.1 alone, on
+/// keep-alive connections. A stopping replica that closed such a connection while it looked idle lost the
+/// request the client had just written (the apiserver does not send a POST again: "failed to call
+/// webhook: ... EOF", 1 of 10,859 admissions in CI while the leader's pod was deleted). A request on a
+/// keep-alive connection after the drain started is answered, told `Connection: close`, and only then is
+/// the connection closed; one that stays quiet is closed after `H1_QUIET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_request_sent_as_the_drain_starts_is_answered_and_told_to_close() {
+    use agentid::server::listener::{Drain, H1_QUIET};
+    let (ca, handle) = localhost_tls();
+    let app = axum::Router::new().route("/", axum::routing::post(|| async { "ok" }));
+    let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
+    let drain = Drain::default();
+    listener.drain = Some(drain.subscribe());
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener.run());
+    let connect = || {
+        let ca = ca.clone();
+        async move {
+            let tcp = connect_from("127.0.0.1", addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await.unwrap()
+        }
+    };
+    let post = b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}";
+    /// One answer on a keep-alive connection (the body is "ok", so it ends there).
+    async fn answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !text.ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.expect("an answer").unwrap();
+            assert!(n > 0, "closed before the answer: {:?}", String::from_utf8_lossy(&text));
+            text.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&text).to_ascii_lowercase()
+    }
+    let (mut used, mut quiet) = (connect().await, connect().await);
+    for c in [&mut used, &mut quiet] {
+        c.write_all(post).await.unwrap();
+        let first = answer(c).await;
+        assert!(first.starts_with("http/1.1 200") && !first.contains("connection: close"), "{first}");
+    }
+
+    let draining = tokio::spawn({
+        let drain = drain.clone();
+        async move { drain.drain(Duration::from_secs(8)).await }
+    });
+    let drain_started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The client picks its pooled connection and sends, not knowing the server is stopping.
+    used.write_all(post).await.unwrap();
+    let last = answer(&mut used).await;
+    assert!(last.starts_with("http/1.1 200"), "the request after the drain started was not answered: {last}");
+    assert!(last.contains("connection: close"), "the client is not told to go: {last}");
+    assert!(closed_within(&mut used, Duration::from_secs(1)).await, "the told connection stayed open");
+
+    assert!(closed_within(&mut quiet, H1_QUIET + Duration::from_secs(2)).await, "a quiet connection stayed open");
+    // Closed once quiet for H1_QUIET (its last bytes moved just before the drain), not at the drain.
+    assert!(drain_started.elapsed() >= H1_QUIET / 2, "a quiet connection was closed under its client at once");
+    drop((used, quiet));
+    let drained = tokio::time::timeout(Duration::from_secs(5), draining).await.expect("drain").unwrap();
+    assert!(drained, "the drain did not see every connection end");
+}

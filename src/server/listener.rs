@@ -3,21 +3,24 @@
 //! the listener down — a cap on connections overall and per peer address, a TLS handshake timeout,
 //! a header-read timeout (slowloris) and an idle timeout. `TCP_NODELAY` is set on every connection:
 //! answers are small and must not wait for delayed ACKs. A [`Drain`] stops them gracefully: no new
-//! connections, GOAWAY on HTTP/2 (no keep-alive on HTTP/1.1) for the open ones, whose requests in flight
-//! are still answered. An idle connection is closed the same way, and every connection, once closed on
-//! this side, keeps reading until its client closes too (see `linger`), so that a request written just
-//! as it closes is refused in a way the client retries, never reset.
+//! connections; on HTTP/2 a GOAWAY for the open ones, whose requests in flight are still answered; on
+//! HTTP/1.1 every further answer says `Connection: close`, and a connection is closed only once it has
+//! been quiet for [`H1_QUIET`] (see `serve_connection` for why). An idle connection is closed the same
+//! way, and every connection, once closed on this side, keeps reading until its client closes too (see
+//! `linger`), so that a request written just as it closes is refused in a way the client retries, never
+//! reset.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -284,18 +287,31 @@ async fn serve_connection(
         debug!(%peer, uris = ?id.uris, dns = ?id.dns_names, "client certificate verified");
         Arc::new(id)
     });
+    // HTTP/2 only when negotiated: the apiserver asks for HTTP/1.1 alone when it calls a webhook through
+    // its Service (kubernetes/kubernetes#75791), so that is what admission mostly sees.
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
+    // HTTP/1.1, once this side wants the connection closed: every answer says `Connection: close`.
+    let say_close = Arc::new(AtomicBool::new(false));
     // The stream comes back here when hyper is done with it, to be closed gently (see `linger`).
     let (give_back, mut returned) = tokio::sync::oneshot::channel();
     let io = TokioIo::new(IdleIo { inner: Some(stream), last: last.clone(), started, give_back: Some(give_back) });
-    let service = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        if let Some(id) = &peer_identity {
-            req.extensions_mut().insert(id.clone());
-        }
-        req
-    });
+    let closing_answer = say_close.clone();
+    let service = app
+        .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(id) = &peer_identity {
+                req.extensions_mut().insert(id.clone());
+            }
+            req
+        })
+        .map_response(move |mut res: axum::response::Response| {
+            if closing_answer.load(Ordering::Relaxed) {
+                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder
@@ -305,29 +321,39 @@ async fn serve_connection(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let mut conn = Box::pin(builder.serve_connection(io, TowerToHyperService::new(service)));
-    // When this side asked the connection to close (drain or idle timeout), and why.
+    // When this side decided to close the connection (drain or idle timeout), and why.
     let mut closing: Option<Instant> = None;
+    // Whether hyper was told to close (GOAWAY; on HTTP/1.1, close now if idle, else after the answer).
+    let mut told = false;
     let mut reason = None;
     loop {
+        let now_ms = started.elapsed().as_millis() as u64;
+        let idle_for = Duration::from_millis(now_ms.saturating_sub(last.load(Ordering::Relaxed)));
         let wait = match closing {
-            Some(since) => CLOSE_WITHIN.saturating_sub(since.elapsed()),
-            None => {
-                let now_ms = started.elapsed().as_millis() as u64;
-                let idle_for = Duration::from_millis(now_ms.saturating_sub(last.load(Ordering::Relaxed)));
-                limits.idle_timeout.saturating_sub(idle_for)
+            Some(since) => {
+                let left = CLOSE_WITHIN.saturating_sub(since.elapsed());
+                if told { left } else { left.min(H1_QUIET.saturating_sub(idle_for)) }
             }
+            None => limits.idle_timeout.saturating_sub(idle_for),
         };
         if wait.is_zero() {
-            if closing.is_some() {
-                // Requests still unanswered after CLOSE_WITHIN: given up on.
-                reason = Some("close_timeout");
-                break;
+            match closing {
+                Some(since) if told || since.elapsed() >= CLOSE_WITHIN => {
+                    // Requests still unanswered after CLOSE_WITHIN: given up on.
+                    reason = Some("close_timeout");
+                    break;
+                }
+                // HTTP/1.1, quiet for H1_QUIET since this side decided to close.
+                Some(_) => conn.as_mut().graceful_shutdown(),
+                None => {
+                    // Idle: closed the way a drain closes (GOAWAY first), so a request the client sends at
+                    // this very moment is refused in a way it may retry, not lost with the connection.
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                    reason = Some("idle_timeout");
+                }
             }
-            // Idle: closed the way a drain closes (GOAWAY first), so a request the client sends at this
-            // very moment is refused in a way it may retry, not lost with the connection.
-            conn.as_mut().graceful_shutdown();
-            closing = Some(Instant::now());
-            reason = Some("idle_timeout");
+            told = true;
             continue;
         }
         tokio::select! {
@@ -339,9 +365,19 @@ async fn serve_connection(
             }
             _ = tokio::time::sleep(wait) => {}
             _ = draining(&mut drain), if closing.is_none() => {
-                // Requests in flight are still answered; the client opens its next connection elsewhere.
-                conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
+                if h2 {
+                    // Requests in flight are still answered; the client opens its next connection elsewhere.
+                    conn.as_mut().graceful_shutdown();
+                    told = true;
+                } else {
+                    // HTTP/1.1 has no GOAWAY. Closing a keep-alive connection that looks idle loses a request
+                    // the client has just written and hyper not yet read, and a client may not send a POST
+                    // again (Go's does not: the apiserver reports "EOF"). So the connection stays open and
+                    // its next answer says `Connection: close`; only a connection quiet for H1_QUIET, which
+                    // its client is unlikely to pick at that very moment, is closed under it.
+                    say_close.store(true, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -354,6 +390,10 @@ async fn serve_connection(
 
 /// How long a connection asked to close (drain, idle timeout) may take to answer what is in flight.
 const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long an HTTP/1.1 connection that is to close (drain) must have moved no bytes before it is closed
+/// under its client; until then its next answer closes it (`Connection: close`).
+pub const H1_QUIET: Duration = Duration::from_secs(1);
 
 /// How long a closed connection keeps reading (and discarding) what the client still sends.
 const LINGER: Duration = Duration::from_secs(3);
