@@ -79,3 +79,45 @@ async fn chart_renders_with_the_shipped_rbac_and_the_apiserver_accepts_it() {
     let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     agentid::core::admission::exceptions::ExceptionSet::parse(cm["data"]["exceptions.yaml"].as_str().unwrap()).unwrap();
 }
+
+/// The report CRD is kept at uninstall (its reports are data), so a later install of a release with the
+/// same name in another namespace finds it. Helm adopts an object only when both its release name and
+/// namespace annotations match; the chart renders the CRD only then (or when it is absent), and leaves
+/// a CRD another release owns alone instead of failing the install with "invalid ownership metadata".
+#[tokio::test]
+async fn the_report_crd_is_rendered_only_for_the_release_that_owns_it() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    let env = support::env("chart-crd").await;
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    let owned_by = |ns: &str| {
+        let mut crd: Value =
+            serde_norway::from_str(include_str!("../crds/policyreports/wgpolicyk8s.io_policyreports.yaml")).unwrap();
+        crd["metadata"]["annotations"]["meta.helm.sh/release-name"] = "agentid".into();
+        crd["metadata"]["annotations"]["meta.helm.sh/release-namespace"] = ns.into();
+        crd
+    };
+    let renders_crd = || {
+        let out = run(
+            "helm",
+            &[
+                "template",
+                "agentid",
+                "charts/agentid",
+                "--namespace",
+                &env.ns,
+                "--dry-run=server",
+                "--kube-version",
+                "1.36.3",
+            ],
+            None,
+        );
+        documents(&out).iter().any(|d| d["kind"] == "CustomResourceDefinition")
+    };
+    let apply = PatchParams::apply("e2e-chart-crd-owner").force();
+    let name = "policyreports.wgpolicyk8s.io";
+    crds.patch(name, &apply, &Patch::Apply(owned_by("an-earlier-release-elsewhere"))).await.unwrap();
+    assert!(!renders_crd(), "rendered a CRD another release owns: helm install would fail");
+    crds.patch(name, &apply, &Patch::Apply(owned_by(&env.ns))).await.unwrap();
+    assert!(renders_crd(), "an upgrade of the owning release would delete its CRD");
+}
