@@ -43,7 +43,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Time a client has to send a request's headers (HTTP/1.1).
     pub header_read_timeout: Duration,
-    /// A connection with no traffic for this long is closed.
+    /// A connection with no traffic for this long is closed. Longer than the idle timeout of Go's HTTP
+    /// clients (90 s, the apiserver's), so that those close an idle keep-alive connection first: a server
+    /// that closes it can race the client's next request, and a POST lost that way is not sent again.
     pub idle_timeout: Duration,
 }
 
@@ -54,7 +56,7 @@ impl Default for Limits {
             max_connections_per_peer: 128,
             handshake_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
