@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the local test control plane (kube-apiserver, kubectl, etcd, helm), the node
 # (kubelet, kube-controller-manager, kube-scheduler, kube-proxy) and
-# the gRPC test clients (grpcurl, ghz) from Go modules into a git-ignored cache.
+# the gRPC test clients (grpcurl, ghz) from Go modules, and h1client (e2e/tools/h1client: Go's HTTP/1.1
+# client, as the apiserver calls a webhook) from this repository, into a git-ignored cache.
 # Idempotent: a binary that already reports the wanted version is not rebuilt.
 # `kube` builds all six Kubernetes binaries from one Go module (cold ~10 min for the node's four on
 # 2 busy cores, ~1.5 min with a warm Go cache); the node's are used only by e2e/node.sh.
 #
-#   e2e/tools/build.sh [kube|etcd|helm|grpcurl|ghz|all]    (default: all)
+#   e2e/tools/build.sh [kube|etcd|helm|grpcurl|ghz|h1client|all]    (default: all)
 #
 # Output: $AGENTID_BIN_DIR (default <repo>/.cache/bin)
 set -euo pipefail
@@ -148,12 +149,22 @@ build_ghz() {
   build_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION" main.version
 }
 
+# Standard library only: no module to download. Rebuilt when its source changes (the hash is stamped in).
+build_h1client() {
+  local src="$here/h1client" sum
+  sum=$(sha256sum "$src/main.go" | cut -d' ' -f1)
+  if have_version h1client "$sum" --version; then log "h1client present"; return; fi
+  log "building h1client"
+  (cd "$src" && go build -trimpath -ldflags "-s -w -X main.source=$sum" -o "$bin/h1client" .)
+}
+
 case "${1:-all}" in
   kube) build_kube ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   grpcurl) build_grpcurl ;;
   ghz) build_ghz ;;
-  all) build_etcd; build_kube; build_helm; build_grpcurl; build_ghz ;;
-  *) echo "usage: $0 [kube|etcd|helm|grpcurl|ghz|all]" >&2; exit 2 ;;
+  h1client) build_h1client ;;
+  all) build_etcd; build_kube; build_helm; build_grpcurl; build_ghz; build_h1client ;;
+  *) echo "usage: $0 [kube|etcd|helm|grpcurl|ghz|h1client|all]" >&2; exit 2 ;;
 esac
