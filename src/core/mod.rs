@@ -14,6 +14,7 @@ pub mod names;
 pub mod pdp;
 pub mod policyreport;
 pub mod ratelimit;
+pub mod relist;
 pub mod report;
 pub mod status;
 pub mod task;

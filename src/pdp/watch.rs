@@ -4,7 +4,6 @@
 //! decision after its watch event: completing a task, suspending an agent or a grant's expiry needs no
 //! token cache to run out.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +18,7 @@ use tracing::warn;
 use super::PdpState;
 use crate::api::{AGENT_LABEL, AgentIdentity, AgentTask, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant};
 use crate::core::pdp::caller::{AccountEntry, AnchorEntry};
+use crate::core::relist::Relist;
 use crate::core::task::TASK_LABEL;
 use crate::core::uid::Uid;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -52,22 +52,21 @@ async fn follow<K, S>(
 {
     futures::pin_mut!(stream);
     // The keys of a re-list in progress (only while it lasts).
-    let mut relisted: HashSet<(String, String)> = HashSet::new();
+    let mut relisted = Relist::default();
     let mut first = true;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => relisted.clear(),
+            Ok(Event::Init) => relisted.start(),
             Ok(Event::InitApply(o)) => {
                 if let Some(k) = key(&o) {
-                    relisted.insert(k);
+                    relisted.listed(k);
                 }
                 apply(&state, &o);
             }
             Ok(Event::InitDone) => {
-                for (ns, name) in held(&state).into_iter().filter(|k| !relisted.contains(k)) {
+                for (ns, name) in relisted.gone(held(&state)) {
                     remove(&state, &ns, &name);
                 }
-                relisted = HashSet::new();
                 if first {
                     first = false;
                     synced.fetch_add(1, Ordering::AcqRel);

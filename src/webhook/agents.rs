@@ -3,7 +3,6 @@
 //! objects cost about 2 KB per agent and copy, and finding the agent of a ServiceAccount walked every
 //! agent of the cluster on each admission of an agent pod.
 
-use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
@@ -15,6 +14,7 @@ use tracing::warn;
 
 use crate::api::AgentIdentity;
 use crate::core::admission::rules::{AgentDirectory, AgentInfo, StaticDirectory};
+use crate::core::relist::Relist;
 
 /// An [`AgentDirectory`] kept current by [`LiveDirectory::follow`].
 pub struct LiveDirectory {
@@ -24,7 +24,7 @@ pub struct LiveDirectory {
     /// Counts the changes seen after the first listing (each a reason to rescan).
     changes: watch::Sender<u64>,
     /// The agents seen in the listing under way (a re-list after a watch gap ends by dropping the rest).
-    relisted: std::sync::Mutex<HashSet<(String, String)>>,
+    relisted: std::sync::Mutex<Relist>,
 }
 
 impl Default for LiveDirectory {
@@ -48,18 +48,16 @@ impl LiveDirectory {
         let mut dir = self.dir.write().unwrap_or_else(|p| p.into_inner());
         let mut relisted = self.relisted.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Init => relisted.clear(),
+            Event::Init => relisted.start(),
             Event::InitApply(a) => {
                 let (ns, name) = key(&a);
                 dir.upsert(&ns, AgentInfo::from_identity(&a));
-                relisted.insert((ns, name));
+                relisted.listed((ns, name));
             }
             Event::InitDone => {
-                let gone: Vec<_> = dir.keys().filter(|k| !relisted.contains(*k)).cloned().collect();
-                for (ns, name) in gone {
+                for (ns, name) in relisted.gone(dir.keys().cloned()) {
                     dir.remove(&ns, &name);
                 }
-                relisted.clear();
                 drop(dir);
                 if self.synced.send_replace(true) {
                     // A re-list after a gap: whatever happened meanwhile may change what the scan finds.
