@@ -65,6 +65,11 @@ mod envoy_protos;
 mod world;
 use world::*;
 
+// The allocator agentid ships with, as in benches/pdp_load.rs.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const ENVOY_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/opa/envoy.rego");
 const CHECK: &str = "envoy.service.auth.v3.Authorization/Check";
 /// Where OPA's Envoy plugin finds the answer (the object form: allowed, headers, status, metadata).

@@ -20,6 +20,10 @@
 //! The agentid server runs on its own 2-thread runtime, the load client on another; OPA (GOMAXPROCS = the
 //! machine's cores) shares the machine with the same client. `cargo bench --bench pdp_load`; without
 //! `--bench` (`cargo test --benches`) it runs a small world for a fraction of a second.
+//!
+//! The allocator is the one `agentid` ships with (jemalloc, unless built without the default features):
+//! the audit trail's figure depends on it, because its records are freed on another thread than the one
+//! that allocated them.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -46,6 +50,10 @@ use agentid::pdp::{PdpState, Question};
 #[path = "common/pdp_world.rs"]
 mod world;
 use world::*;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/opa/policy.rego");
 
