@@ -348,8 +348,9 @@ async fn serve_connection(
                 // HTTP/1.1, quiet for H1_QUIET since this side decided to close.
                 Some(_) => conn.as_mut().graceful_shutdown(),
                 None => {
-                    // Idle: closed the way a drain closes (GOAWAY first), so a request the client sends at
-                    // this very moment is refused in a way it may retry, not lost with the connection.
+                    // Idle. HTTP/2: a GOAWAY first, so a request the client sends at this very moment is
+                    // refused in a way it may retry, not lost with the connection. HTTP/1.1: closed at once;
+                    // Go's clients (the apiserver) close theirs after 90 s, before this.
                     conn.as_mut().graceful_shutdown();
                     closing = Some(Instant::now());
                     reason = Some("idle_timeout");
