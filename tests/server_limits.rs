@@ -18,7 +18,7 @@ use agentid::core::admission::exceptions::ExceptionSet;
 use agentid::core::admission::review::UserInfo;
 use agentid::core::admission::rules::StaticDirectory;
 use agentid::metrics::Metrics;
-use agentid::server::listener::{Limits, Listener, TlsHandle};
+use agentid::server::listener::{Drain, Limits, Listener, TlsHandle};
 use agentid::server::tls;
 use agentid::webhook::{AccessReviewer, ServiceAccountLookup, WebhookState, router};
 
@@ -98,6 +98,29 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: 
     }
 }
 
+/// A listener serving `app` on 127.0.0.1 that [`Drain`] stops: the CA for clients, its address, the drain.
+fn draining_listener(app: axum::Router) -> (Vec<u8>, SocketAddr, Drain) {
+    let (ca, handle) = localhost_tls();
+    let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
+    let drain = Drain::default();
+    listener.drain = Some(drain.subscribe());
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener.run());
+    (ca, addr, drain)
+}
+
+/// A TLS connection to the listener at `addr` (HTTP/1.1: no ALPN).
+async fn connect_tls(ca: &[u8], addr: SocketAddr) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = connect_from("127.0.0.1", addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(client_config(ca)).connect(name, tcp).await
+}
+
+/// Starts draining (SIGTERM) in a task of its own: whether every connection ended within `within`.
+fn start_drain(drain: &Drain, within: Duration) -> tokio::task::JoinHandle<bool> {
+    let drain = drain.clone();
+    tokio::spawn(async move { drain.drain(within).await })
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_keeps_answering_through_a_connection_flood() {
     let (ca, handle) = localhost_tls();
@@ -191,8 +214,6 @@ async fn admission_keeps_answering_through_a_connection_flood() {
 /// drain reports when all that is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
-    use agentid::server::listener::Drain;
-    let (ca, handle) = localhost_tls();
     let app = axum::Router::new().route(
         "/slow",
         axum::routing::get(|| async {
@@ -200,28 +221,13 @@ async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
             "answered"
         }),
     );
-    let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
-    let drain = Drain::default();
-    listener.drain = Some(drain.subscribe());
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(listener.run());
-    let connect = || {
-        let ca = ca.clone();
-        async move {
-            let tcp = connect_from("127.0.0.1", addr).await?;
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await
-        }
-    };
-    let mut idle = connect().await.unwrap();
-    let mut busy = connect().await.unwrap();
+    let (ca, addr, drain) = draining_listener(app);
+    let mut idle = connect_tls(&ca, addr).await.unwrap();
+    let mut busy = connect_tls(&ca, addr).await.unwrap();
     // Keep-alive: only the drain may end this connection.
     busy.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let draining = tokio::spawn({
-        let drain = drain.clone();
-        async move { drain.drain(Duration::from_secs(5)).await }
-    });
+    let draining = start_drain(&drain, Duration::from_secs(5));
 
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut buf)).await;
@@ -241,26 +247,14 @@ async fn draining_answers_what_is_in_flight_and_accepts_nothing_new() {
 /// until the client closes too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closing_connection_reads_what_the_client_still_sends_instead_of_resetting_it() {
-    use agentid::server::listener::Drain;
-    let (ca, handle) = localhost_tls();
-    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
-    let drain = Drain::default();
-    listener.drain = Some(drain.subscribe());
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(listener.run());
-    let tcp = connect_from("127.0.0.1", addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await.unwrap();
+    let (ca, addr, drain) = draining_listener(axum::Router::new().route("/", axum::routing::get(|| async { "ok" })));
+    let mut tls = connect_tls(&ca, addr).await.unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 1024];
     let n = tls.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "no answer before the drain");
 
-    let draining = tokio::spawn({
-        let drain = drain.clone();
-        async move { drain.drain(Duration::from_secs(8)).await }
-    });
+    let draining = start_drain(&drain, Duration::from_secs(8));
     assert!(closed_within(&mut tls, Duration::from_secs(2)).await, "the server did not close its side");
     // The client had not noticed yet and sends its next request, in two writes (headers, then the rest),
     // the way an HTTP/2 client writes HEADERS and DATA.
@@ -285,22 +279,8 @@ async fn a_closing_connection_reads_what_the_client_still_sends_instead_of_reset
 /// the connection closed; one that stays quiet is closed after `H1_QUIET`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_request_sent_as_the_drain_starts_is_answered_and_told_to_close() {
-    use agentid::server::listener::{Drain, H1_QUIET};
-    let (ca, handle) = localhost_tls();
-    let app = axum::Router::new().route("/", axum::routing::post(|| async { "ok" }));
-    let mut listener = Listener::bind("webhook", "127.0.0.1:0".parse().unwrap(), handle, app, LIMITS).unwrap();
-    let drain = Drain::default();
-    listener.drain = Some(drain.subscribe());
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(listener.run());
-    let connect = || {
-        let ca = ca.clone();
-        async move {
-            let tcp = connect_from("127.0.0.1", addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, tcp).await.unwrap()
-        }
-    };
+    use agentid::server::listener::H1_QUIET;
+    let (ca, addr, drain) = draining_listener(axum::Router::new().route("/", axum::routing::post(|| async { "ok" })));
     let post = b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}";
     /// One answer on a keep-alive connection (the body is "ok", so it ends there).
     async fn answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
@@ -313,17 +293,14 @@ async fn a_keep_alive_request_sent_as_the_drain_starts_is_answered_and_told_to_c
         }
         String::from_utf8_lossy(&text).to_ascii_lowercase()
     }
-    let (mut used, mut quiet) = (connect().await, connect().await);
+    let (mut used, mut quiet) = (connect_tls(&ca, addr).await.unwrap(), connect_tls(&ca, addr).await.unwrap());
     for c in [&mut used, &mut quiet] {
         c.write_all(post).await.unwrap();
         let first = answer(c).await;
         assert!(first.starts_with("http/1.1 200") && !first.contains("connection: close"), "{first}");
     }
 
-    let draining = tokio::spawn({
-        let drain = drain.clone();
-        async move { drain.drain(Duration::from_secs(8)).await }
-    });
+    let draining = start_drain(&drain, Duration::from_secs(8));
     let drain_started = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The client picks its pooled connection and sends, not knowing the server is stopping.
