@@ -9,7 +9,7 @@
 //! a refused pod.
 //!
 //! Measured with the listener before the fix (it closed a keep-alive connection that looked idle at once):
-//! 22 of 40 rounds lost a request, each as `Post "...": EOF`, the error CI saw on the real node. After:
+//! 22 requests lost in 40 rounds, each as `Post "...": EOF`, the error CI saw on the real node. After:
 //! 0 in 40 rounds (123,164 answered).
 //!
 //! No cluster needed; in the e2e suite because it needs the Go client from .cache/bin.
