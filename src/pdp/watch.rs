@@ -64,7 +64,7 @@ async fn follow<K, S>(
                 apply(&state, &o);
             }
             Ok(Event::InitDone) => {
-                for (ns, name) in relisted.gone(held(&state)) {
+                for (ns, name) in relisted.gone(&held(&state)) {
                     remove(&state, &ns, &name);
                 }
                 if first {

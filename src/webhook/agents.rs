@@ -55,7 +55,7 @@ impl LiveDirectory {
                 relisted.listed((ns, name));
             }
             Event::InitDone => {
-                for (ns, name) in relisted.gone(dir.keys().cloned()) {
+                for (ns, name) in relisted.gone(dir.keys()) {
                     dir.remove(&ns, &name);
                 }
                 drop(dir);
