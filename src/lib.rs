@@ -15,6 +15,7 @@ pub mod pdp;
 pub mod probes;
 pub mod scan;
 pub mod server;
+pub mod signal;
 pub mod telemetry;
 pub mod webhook;
 

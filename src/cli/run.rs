@@ -306,7 +306,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "waiting to become leader");
             tokio::select! {
                 rx = leader::acquire(client.clone(), cfg.clone()) => Some(Some(rx)),
-                _ = shutdown_signal() => None,
+                _ = crate::signal::shutdown() => None,
             }
         }
         None => Some(None),
@@ -361,26 +361,6 @@ fn audit_ingest_allowed(args: &RunArgs) -> Result<()> {
 /// 5 s of which the preStop sleep takes).
 const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 
-/// Resolves on SIGTERM (how the kubelet stops a pod) or SIGINT. Every caller gets its own
-/// registration, so each of them sees the signal.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 /// The leader's work until a signal stops it (then the Lease is released, so a follower takes over
 /// at once) or the Lease is lost (then an error: the process exits and competes again when restarted).
 async fn lead(
@@ -414,7 +394,7 @@ async fn lead(
     let scan = async {
         tokio::select! {
             _ = scan => {}
-            _ = shutdown_signal() => {}
+            _ = crate::signal::shutdown() => {}
         }
     };
     let controllers = async { tokio::join!(controllers, scan) };

@@ -8,8 +8,9 @@
 //! object's namespace and name, read every [`TICK`]: exact to the second, whatever the clock did meanwhile.
 //!
 //! The same deadline set twice is kept once. A deadline left behind by a change (a grant's `validUntil`
-//! moved) fires once to a reconcile that finds nothing to do. Deadlines of objects that are gone are
-//! forgotten every [`SWEEP`] (a deleted grant valid until 2099 would otherwise be kept until then).
+//! moved) fires once to a reconcile that finds nothing to do. The deadlines of an object are forgotten when
+//! the watch says it was deleted (a deleted grant valid until 2099 would otherwise be kept until then); one
+//! deleted while the watch was down fires once, to a reconcile that finds it gone.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -17,15 +18,11 @@ use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource;
-use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::Cached;
+use super::{Key, Trigger};
 
 /// How often the clock is read.
 pub const TICK: Duration = Duration::from_secs(1);
-/// How often deadlines of objects no longer in the cache are forgotten.
-pub const SWEEP: Duration = Duration::from_secs(10 * 60);
 
 /// One deadline: (unix seconds, namespace, name).
 type Entry = (i64, Box<str>, Box<str>);
@@ -60,9 +57,19 @@ impl Deadlines {
         out
     }
 
-    /// Forgets the deadlines of objects `exists` says are gone.
-    pub fn retain(&self, exists: impl Fn(&str, &str) -> bool) {
-        self.lock().retain(|(_, ns, name)| exists(ns, name));
+    /// Forgets the deadlines of `namespace/name` (deleted). Runs through all deadlines: deletions are rare
+    /// next to the reconciles that set deadlines, and an index by name would double each entry.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.lock().retain(|(_, ns, n)| !(**ns == *namespace && **n == *name));
+    }
+
+    /// Follows the watch of the objects these deadlines are of: a deleted one's deadlines go.
+    pub fn observe<K: kube::Resource>(&self, event: &kube::runtime::watcher::Event<K>) {
+        if let kube::runtime::watcher::Event::Delete(o) = event
+            && let (Some(ns), Some(name)) = (o.meta().namespace.as_deref(), o.meta().name.as_deref())
+        {
+            self.forget(ns, name);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -74,27 +81,18 @@ impl Deadlines {
     }
 }
 
-/// The objects of `deadlines` as they fall due, for `Controller::reconcile_on`: read every [`TICK`]; every
-/// [`SWEEP`], the deadlines of objects no longer in `store` are forgotten.
-pub fn due<K>(deadlines: Arc<Deadlines>, store: Store<Cached<K>>) -> impl Stream<Item = ObjectRef<Cached<K>>> + Send
-where
-    K: Resource<DynamicType = ()> + Send + Sync + 'static,
-{
+/// The objects of `deadlines` as they fall due, as triggers: read every [`TICK`].
+pub fn due(deadlines: Arc<Deadlines>) -> impl Stream<Item = Trigger> + Send {
     use futures::StreamExt;
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let swept = tokio::time::Instant::now();
-    futures::stream::unfold((ticks, swept), move |(mut ticks, mut swept)| {
-        let (deadlines, store) = (deadlines.clone(), store.clone());
+    futures::stream::unfold(ticks, move |mut ticks| {
+        let deadlines = deadlines.clone();
         async move {
             ticks.tick().await;
-            if swept.elapsed() >= SWEEP {
-                deadlines.retain(|ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some());
-                swept = tokio::time::Instant::now();
-            }
             let due = deadlines.take_due(Timestamp::now());
-            let refs = due.into_iter().map(|(ns, name)| ObjectRef::new(&name).within(&ns));
-            Some((futures::stream::iter(refs), (ticks, swept)))
+            let keys = due.into_iter().map(|(ns, name)| Ok(Key::new(ns, name)));
+            Some((futures::stream::iter(keys), ticks))
         }
     })
     .flatten()
@@ -133,26 +131,31 @@ mod tests {
     }
 
     #[test]
-    fn a_moved_deadline_leaves_one_stale_entry_and_gone_objects_are_forgotten() {
+    fn a_moved_deadline_leaves_one_stale_entry_and_deleted_objects_are_forgotten() {
         let d = Deadlines::default();
         d.at("a", "g", t(100));
         d.at("a", "g", t(50)); // validUntil moved earlier: both fire, the later one to a reconcile with nothing to do
         d.at("a", "deleted", t(4_000_000_000));
-        d.retain(|_, name| name != "deleted");
-        assert_eq!(d.len(), 2);
+        d.at("a", "deleted", t(3_000_000_000));
+        d.at("b", "deleted", t(3_000_000_000));
+        let mut gone = crate::api::test_agent("deleted");
+        gone.metadata.namespace = Some("a".into());
+        d.observe(&kube::runtime::watcher::Event::Apply(gone.clone()));
+        assert_eq!(d.len(), 5, "a change forgets nothing");
+        d.observe(&kube::runtime::watcher::Event::Delete(gone));
+        assert_eq!(d.len(), 3, "both of a/deleted, not b/deleted");
         assert_eq!(names(d.take_due(t(100))), ["a/g", "a/g"]);
     }
 
     #[tokio::test]
     async fn the_stream_hands_out_what_is_due() {
         use futures::StreamExt;
-        let (reader, _writer) = kube::runtime::reflector::store::<Cached<crate::api::ToolGrant>>();
         let d = Arc::new(Deadlines::default());
         d.at("a", "now", Timestamp::now().checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(10)).unwrap());
         d.at("a", "later", Timestamp::now().checked_add(k8s_openapi::jiff::SignedDuration::from_hours(1)).unwrap());
-        let mut due = Box::pin(due(d.clone(), reader));
-        let first = tokio::time::timeout(Duration::from_secs(5), due.next()).await.unwrap().unwrap();
-        assert_eq!(first, ObjectRef::new("now").within("a"));
+        let mut due = Box::pin(due(d.clone()));
+        let first = tokio::time::timeout(Duration::from_secs(5), due.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(first, Key::new("a", "now"));
         assert_eq!(d.len(), 1, "the later one waits");
     }
 }

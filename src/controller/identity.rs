@@ -7,15 +7,14 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PartialObjectMeta;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::Context;
+use super::{Action, Context, Key};
 use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::core::identity::{self, ServiceAccountAction, is_owned_by};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Finalizer that lets agentid remove what it created before an AgentIdentity goes.
 pub use super::FINALIZER;
@@ -30,19 +29,14 @@ pub async fn run(ctx: Arc<Context>) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let sa_changes =
         super::Changes::of_children().filter(watcher::watcher(sas, owned).backoff(crate::controller::watch_backoff()));
-    let (store, agents) = super::main_stream(agents, |_| {});
-    let stream = Controller::for_stream(agents, store)
-        .owns_stream(sa_changes)
-        .with_config(super::controller_config())
-        .trigger_backoff(super::watch_backoff())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    super::drain(stream).await;
+    let triggers =
+        futures::stream::select(super::main_stream(agents, |_| {}), super::owners_of::<AgentIdentity, _>(sa_changes));
+    super::run(KIND, ctx, triggers, reconcile).await;
 }
 
-#[instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
-pub async fn reconcile(cached: Arc<super::Cached<AgentIdentity>>, ctx: Arc<Context>) -> Result<Action> {
-    super::reconcile_cached(&ctx, KIND, &cached, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
+#[instrument(skip_all, fields(namespace = %key.namespace, name = %key.name))]
+pub async fn reconcile(key: Key, ctx: Arc<Context>) -> Result<Action> {
+    super::reconcile_key(&ctx, KIND, &key, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
@@ -83,7 +77,7 @@ async fn apply(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
 }
 
 /// Removes what agentid created for the agent; never anything it does not own.
-async fn cleanup(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
+async fn cleanup(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<()> {
     let ns = agent.namespace().unwrap_or_default();
     let uid = agent.uid().unwrap_or_default();
     let sa_api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
@@ -94,9 +88,5 @@ async fn cleanup(agent: Arc<AgentIdentity>, ctx: &Context) -> Result<Action> {
         super::delete_exactly(&sa_api, &sa).await?;
         info!(service_account = %sa_name, "service account deleted");
     }
-    Ok(Action::await_change())
-}
-
-fn error_policy(agent: Arc<super::Cached<AgentIdentity>>, error: &Error, ctx: Arc<Context>) -> Action {
-    super::on_error(KIND, agent.as_ref(), error, &ctx)
+    Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod deadlines;
 pub mod identity;
 pub mod leader;
+pub mod runner;
 pub mod task;
 pub mod toolgrant;
 
@@ -13,8 +14,9 @@ use futures::{Stream, StreamExt};
 use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::warn;
+
+pub use runner::{Action, Key, Trigger};
 
 use crate::core::identity::PlannedEvent;
 use crate::metrics::Metrics;
@@ -147,11 +149,26 @@ impl Context {
 /// Reconciles of one controller in flight at most. Each waits on the apiserver for a few requests, so a few
 /// dozen keep it as busy as it accepts; without a bound, a restart with 10,000 objects starts 10,000 at
 /// once, and the memory those hold in flight sets the operator's peak (which its memory limit must cover).
-pub const CONCURRENCY: u16 = 32;
+pub const CONCURRENCY: usize = 32;
 
-/// Settings shared by the controllers: [`CONCURRENCY`].
-pub fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(CONCURRENCY)
+/// Runs one controller: `reconcile` for every object `triggers` names ([`runner`]), failures through
+/// [`on_error`], until SIGTERM/SIGINT (then the running reconciles finish) or the triggers end.
+pub async fn run<R, F>(kind: &'static str, ctx: Arc<Context>, triggers: impl Stream<Item = Trigger>, reconcile: R)
+where
+    R: Fn(Key, Arc<Context>) -> F,
+    F: std::future::Future<Output = crate::Result<Action>>,
+{
+    let reconcile = |key: Key| {
+        let ctx = ctx.clone();
+        let fut = reconcile(key.clone(), ctx.clone());
+        async move {
+            match fut.await {
+                Ok(action) => action,
+                Err(error) => on_error(kind, &key, &error, &ctx),
+            }
+        }
+    };
+    runner::run(kind, triggers, CONCURRENCY, reconcile, crate::signal::shutdown()).await;
 }
 
 /// Finalizer that lets agentid remove what it created before one of its objects goes.
@@ -176,25 +193,25 @@ impl<K> AgentidObject for K where
 {
 }
 
-/// One reconcile of the object `cached` stands for: read as it is now ([`fetch`]; gone meanwhile: its deletion
-/// was handled by the reconcile before it went), then [`reconcile_with_finalizer`].
-pub async fn reconcile_cached<K, A, FA, C, FC>(
+/// One reconcile of the object `key` names: read as it is now ([`fetch`]; gone meanwhile: its deletion was
+/// handled by the reconcile before it went), then [`reconcile_with_finalizer`].
+pub async fn reconcile_key<K, A, FA, C, FC>(
     ctx: &Context,
     kind: &str,
-    cached: &Cached<K>,
+    key: &Key,
     apply: A,
     cleanup: C,
-) -> crate::Result<kube::runtime::controller::Action>
+) -> crate::Result<Action>
 where
     K: AgentidObject,
     A: FnOnce(Arc<K>) -> FA,
-    FA: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+    FA: std::future::Future<Output = crate::Result<Action>>,
     C: FnOnce(Arc<K>) -> FC,
-    FC: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+    FC: std::future::Future<Output = crate::Result<()>>,
 {
-    match fetch(ctx, cached).await? {
+    match fetch(ctx, key).await? {
         Some(obj) => reconcile_with_finalizer(ctx, kind, Arc::new(obj), apply, cleanup).await,
-        None => Ok(kube::runtime::controller::Action::await_change()),
+        None => Ok(Action::await_change()),
     }
 }
 
@@ -205,13 +222,13 @@ pub async fn reconcile_with_finalizer<K, A, FA, C, FC>(
     obj: Arc<K>,
     apply: A,
     cleanup: C,
-) -> crate::Result<kube::runtime::controller::Action>
+) -> crate::Result<Action>
 where
     K: AgentidObject,
     A: FnOnce(Arc<K>) -> FA,
-    FA: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+    FA: std::future::Future<Output = crate::Result<Action>>,
     C: FnOnce(Arc<K>) -> FC,
-    FC: std::future::Future<Output = crate::Result<kube::runtime::controller::Action>>,
+    FC: std::future::Future<Output = crate::Result<()>>,
 {
     use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
     let started = std::time::Instant::now();
@@ -224,20 +241,22 @@ where
     let res = if obj.meta().deletion_timestamp.is_some() {
         // Cleanup, then the finalizer comes off (nothing to do when it is not there).
         let name = obj.meta().name.clone();
+        let done = kube::runtime::controller::Action::await_change();
         let removed = finalizer(&api, FINALIZER, obj, |event| async move {
             match event {
-                FinalizerEvent::Cleanup(o) => cleanup(o).await,
-                FinalizerEvent::Apply(_) => Ok(kube::runtime::controller::Action::await_change()),
+                FinalizerEvent::Cleanup(o) => cleanup(o).await.map(|()| done),
+                FinalizerEvent::Apply(_) => Ok(done),
             }
         })
-        .await;
+        .await
+        .map(|_| Action::await_change());
         match removed {
             // Gone already: another replica (a leader that just lost its lease, or died after its write) ran
             // the cleanup and removed the finalizer, and the apiserver deleted the object, which this cache
             // had not seen yet. The cleanup ran here too and found nothing of its own left: done, not failed.
             Err(FinalizerError::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
                 tracing::debug!(kind, ?name, "object gone before its finalizer came off here: cleaned up already");
-                Ok(kube::runtime::controller::Action::await_change())
+                Ok(Action::await_change())
             }
             other => other,
         }
@@ -297,12 +316,7 @@ where
 }
 
 /// Error policy shared by the controllers: log, count by reason, retry in 10 s.
-pub fn on_error<K: Resource>(
-    kind: &str,
-    obj: &K,
-    error: &crate::Error,
-    ctx: &Context,
-) -> kube::runtime::controller::Action {
+pub fn on_error(kind: &str, key: &Key, error: &crate::Error, ctx: &Context) -> Action {
     // Adding the finalizer is an optimistic write ("finalizers still absent"); when a reconcile ran
     // from a cache that had not yet seen our own earlier write, the apiserver refuses it (409/422).
     // That is a race, not a failure: look again shortly, without an error metric or a warning.
@@ -310,31 +324,12 @@ pub fn on_error<K: Resource>(
         && let kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(s)) = inner.as_ref()
         && matches!(s.code, 409 | 422)
     {
-        tracing::debug!(kind, name = ?obj.meta().name, "finalizer write raced the cache; retrying");
-        return kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(500));
+        tracing::debug!(kind, name = %key.name, "finalizer write raced the cache; retrying");
+        return Action::requeue(std::time::Duration::from_millis(500));
     }
-    warn!(kind, namespace = ?obj.meta().namespace, name = ?obj.meta().name, error = %error, "reconcile failed");
+    warn!(kind, namespace = %key.namespace, name = %key.name, error = %error, "reconcile failed");
     ctx.metrics.reconcile_failed(kind, error.metric_label());
-    kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
-}
-
-/// Drives a controller's result stream to its end (shutdown), logging each outcome at debug level.
-pub async fn drain<S, T, E>(stream: S)
-where
-    S: futures::Stream<Item = Result<(kube::runtime::reflector::ObjectRef<T>, kube::runtime::controller::Action), E>>,
-    T: Resource,
-    T::DynamicType: Eq + std::hash::Hash + Clone,
-    E: std::fmt::Display,
-{
-    use futures::StreamExt;
-    stream
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(object = %obj.name, namespace = ?obj.namespace, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
+    Action::requeue(std::time::Duration::from_secs(10))
 }
 
 /// Deletes exactly the object that was fetched (uid precondition), so a newer object of the same
@@ -400,136 +395,63 @@ pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
     )
 }
 
-/// What a controller keeps of each of its own objects between reconciles: its name and namespace, to find
-/// it again. A reconcile reads the object itself from the apiserver ([`fetch`]), as it reads everything else
-/// it decides on, so the cache holds no spec, status or other metadata: the whole objects cost about 0.6 KB
-/// more each (struct and strings), and they were read only to be compared. (kube's `PartialObjectMeta`
-/// would do, with 48 bytes more per object for a `TypeMeta` nothing reads.)
-pub struct Cached<K> {
-    metadata: kube::api::ObjectMeta,
-    kind: std::marker::PhantomData<fn() -> K>,
-}
-
-impl<K> Clone for Cached<K> {
-    fn clone(&self) -> Self {
-        Cached { metadata: self.metadata.clone(), kind: std::marker::PhantomData }
-    }
-}
-
-impl<K> std::fmt::Debug for Cached<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cached")
-            .field("namespace", &self.metadata.namespace)
-            .field("name", &self.metadata.name)
-            .finish()
-    }
-}
-
-/// Never read from the apiserver (built from the whole object's watch events), but kube's `Controller` asks.
-impl<'de, K> serde::Deserialize<'de> for Cached<K> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        struct Meta {
-            metadata: kube::api::ObjectMeta,
-        }
-        let Meta { metadata } = Meta::deserialize(d)?;
-        Ok(Cached { metadata, kind: std::marker::PhantomData })
-    }
-}
-
-impl<K: Resource<DynamicType = ()>> Resource for Cached<K> {
-    type DynamicType = ();
-    type Scope = K::Scope;
-
-    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
-        K::kind(dt)
-    }
-    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
-        K::group(dt)
-    }
-    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
-        K::version(dt)
-    }
-    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
-        K::plural(dt)
-    }
-    fn meta(&self) -> &kube::api::ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-fn cached<K: Resource>(obj: &K) -> Cached<K> {
-    let m = obj.meta();
-    Cached {
-        metadata: kube::api::ObjectMeta { name: m.name.clone(), namespace: m.namespace.clone(), ..Default::default() },
-        kind: std::marker::PhantomData,
-    }
-}
-
-fn cached_event<K: Resource>(event: &kube::runtime::watcher::Event<K>) -> kube::runtime::watcher::Event<Cached<K>> {
-    use kube::runtime::watcher::Event;
-    match event {
-        Event::Apply(o) => Event::Apply(cached(o)),
-        Event::Delete(o) => Event::Delete(cached(o)),
-        Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(cached(o)),
-        Event::InitDone => Event::InitDone,
-    }
-}
-
-/// The controller's own objects: watched whole, cached as [`Cached`], and a trigger for each change of spec
-/// or deletion only ([`Changes::of_own`], which sees the whole object: its uid tells a re-created object from
-/// the old one). `observe` sees every watch event first (to keep an index).
+/// The controller's own objects: watched whole, and a trigger for each change of spec or deletion only
+/// ([`Changes::of_own`], which sees the whole object: its uid tells a re-created object from the old one).
+/// Nothing of them is kept: a reconcile reads its object from the apiserver ([`fetch`]). `observe` sees every
+/// watch event first (to keep an index).
 pub fn main_stream<K>(
     api: kube::Api<K>,
     mut observe: impl FnMut(&kube::runtime::watcher::Event<K>) + Send + 'static,
-) -> (Store<Cached<K>>, impl Stream<Item = Result<Cached<K>, kube::runtime::watcher::Error>> + Send + 'static)
+) -> impl Stream<Item = Trigger> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
-    let (reader, mut writer) = reflector::store::<Cached<K>>();
+    use kube::runtime::{WatchStreamExt, watcher};
     let mut changes = Changes::<K>::of_own();
-    let stream = watcher::watcher(api, watcher::Config::default())
-        .backoff(crate::controller::watch_backoff())
-        .filter_map(move |ev| {
-            let out = match ev {
-                Ok(event) => {
-                    observe(&event);
-                    // Into the cache before the trigger goes out, so the reconcile it starts finds the object.
-                    writer.apply_watcher_event(&cached_event(&event));
-                    changes.on(event).map(|o| Ok(cached(&o)))
-                }
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(out)
-        });
-    (reader, stream)
+    watcher::watcher(api, watcher::Config::default()).backoff(watch_backoff()).filter_map(move |ev| {
+        let out = match ev {
+            Ok(event) => {
+                observe(&event);
+                changes.on(event).and_then(|o| Key::of(o.meta())).map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    })
 }
 
-/// The object `cached` stands for (`None`: gone), with what no reconcile reads stripped ([`strip_metadata`]).
+/// Triggers for the objects of kind `K` that own the changed children in `changes` ([`runner::owners`]).
+pub fn owners_of<K, C>(
+    changes: impl Stream<Item = Result<C, kube::runtime::watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Trigger> + Send + 'static
+where
+    K: Resource<DynamicType = ()>,
+    C: Resource,
+{
+    changes.flat_map(|c| {
+        let keys: Vec<Trigger> = match c {
+            Ok(child) => runner::owners::<K>(child.meta()).into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(keys)
+    })
+}
+
+/// The object `key` names (`None`: gone), with what no reconcile reads stripped ([`strip_metadata`]).
 ///
 /// Read from the apiserver's watch cache (`resourceVersion=0`), not through to etcd: the watch event that
 /// started this reconcile came from that cache, so it holds at least that version, and the reconcile sees
 /// what a reflector cache of whole objects would have shown it. A quorum read here made 1,000 agents + 1,000
 /// grants converge in 32.5 s instead of 25.8 s (`AGENTID_BENCH_SECTIONS=1 make bench-cluster`, 2 cores).
-pub async fn fetch<K>(ctx: &Context, cached: &Cached<K>) -> crate::Result<Option<K>>
+pub async fn fetch<K>(ctx: &Context, key: &Key) -> crate::Result<Option<K>>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let m = &cached.metadata;
-    let (Some(ns), Some(name)) = (m.namespace.as_deref(), m.name.as_deref()) else {
-        return Err(crate::Error::Plan(crate::core::identity::PlanError::MissingField("metadata.namespace")));
-    };
-    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), ns);
-    match api.get_with(name, &kube::api::GetParams::any()).await {
+    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &key.namespace);
+    match api.get_with(&key.name, &kube::api::GetParams::any()).await {
         Ok(mut o) => {
             strip_metadata(o.meta_mut());
             Ok(Some(o))
@@ -612,36 +534,43 @@ impl<K: Resource> Changes<K> {
 /// look at again when the agent changes, without a scan of the whole cache. Kept from the watch events of
 /// those objects; a superset at worst (a stale entry only costs a reconcile that changes nothing).
 ///
-/// The names per agent are a small sorted `Vec` (an agent has a few grants and tasks): a `BTreeSet` allocates
-/// a node of eleven slots for the first one, which at 10,000 agents cost megabytes.
+/// Small per agent, since it holds an entry for every agent with a grant or a task: the key is a 64-bit hash
+/// of (namespace, agent) instead of the two strings, and the names per agent are a sorted `Vec` of boxed
+/// strings (an agent has a few grants and tasks; a `BTreeSet` allocates a node of eleven slots for the first
+/// one). Two agents whose keys collide share one list: each agent's change then also wakes the other's
+/// objects' names in its own namespace, which a reconcile finds absent or unchanged.
 #[derive(Default)]
 pub struct AgentRefIndex {
     by_agent: AgentRefs,
     relisted: Option<AgentRefs>,
 }
 
-type AgentRefs = std::collections::HashMap<(String, String), Vec<String>>;
+type AgentRefs = std::collections::HashMap<u64, Vec<Box<str>>>;
 
 impl AgentRefIndex {
-    fn insert(map: &mut AgentRefs, ns: String, agent: String, name: String) {
-        let names = map.entry((ns, agent)).or_default();
-        if let Err(at) = names.binary_search(&name) {
-            names.insert(at, name);
+    fn key(namespace: &str, agent: &str) -> u64 {
+        hash_of(&(namespace, agent))
+    }
+
+    fn insert(map: &mut AgentRefs, key: u64, name: &str) {
+        let names = map.entry(key).or_default();
+        if let Err(at) = names.binary_search_by(|n| (**n).cmp(name)) {
+            names.insert(at, name.into());
         }
     }
 
     /// Follows one watch event of the objects `agent_ref` reads the agent's name from.
     pub fn observe<K: Resource>(&mut self, event: &kube::runtime::watcher::Event<K>, agent_ref: fn(&K) -> &str) {
         use kube::runtime::watcher::Event;
-        let parts = |o: &K| {
+        fn parts<K: Resource>(o: &K, agent_ref: fn(&K) -> &str) -> Option<(u64, &str)> {
             let m = o.meta();
-            Some((m.namespace.clone()?, agent_ref(o).to_string(), m.name.clone()?))
-        };
+            Some((AgentRefIndex::key(m.namespace.as_deref()?, agent_ref(o)), m.name.as_deref()?))
+        }
         match event {
             Event::Init => self.relisted = Some(Default::default()),
             Event::InitApply(o) => {
-                if let (Some(map), Some((ns, agent, name))) = (self.relisted.as_mut(), parts(o)) {
-                    Self::insert(map, ns, agent, name);
+                if let (Some(map), Some((key, name))) = (self.relisted.as_mut(), parts(o, agent_ref)) {
+                    Self::insert(map, key, name);
                 }
             }
             Event::InitDone => {
@@ -650,18 +579,17 @@ impl AgentRefIndex {
                 }
             }
             Event::Apply(o) => {
-                if let Some((ns, agent, name)) = parts(o) {
-                    Self::insert(&mut self.by_agent, ns, agent, name);
+                if let Some((key, name)) = parts(o, agent_ref) {
+                    Self::insert(&mut self.by_agent, key, name);
                 }
             }
             Event::Delete(o) => {
-                if let Some((ns, agent, name)) = parts(o) {
-                    let key = (ns, agent);
-                    if let Some(set) = self.by_agent.get_mut(&key) {
-                        set.retain(|n| *n != name);
-                        if set.is_empty() {
-                            self.by_agent.remove(&key);
-                        }
+                if let Some((key, name)) = parts(o, agent_ref)
+                    && let Some(names) = self.by_agent.get_mut(&key)
+                {
+                    names.retain(|n| **n != *name);
+                    if names.is_empty() {
+                        self.by_agent.remove(&key);
                     }
                 }
             }
@@ -669,13 +597,27 @@ impl AgentRefIndex {
     }
 
     /// The objects that name `agent`.
-    pub fn of<K: Resource<DynamicType = ()>>(&self, agent: &impl Resource) -> Vec<ObjectRef<K>> {
+    pub fn of(&self, agent: &impl Resource) -> Vec<Key> {
         let m = agent.meta();
-        let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else { return Vec::new() };
+        let (Some(ns), Some(name)) = (m.namespace.as_deref(), m.name.as_deref()) else { return Vec::new() };
         self.by_agent
-            .get(&(ns.clone(), name))
-            .map(|set| set.iter().map(|n| ObjectRef::new(n).within(&ns)).collect())
+            .get(&Self::key(ns, name))
+            .map(|names| names.iter().map(|n| Key::new(ns, &**n)).collect())
             .unwrap_or_default()
+    }
+
+    /// Triggers for the objects that name each changed agent in `agents`.
+    pub fn triggers<A: Resource>(
+        index: Arc<std::sync::Mutex<Self>>,
+        agents: impl Stream<Item = Result<A, kube::runtime::watcher::Error>> + Send + 'static,
+    ) -> impl Stream<Item = Trigger> + Send + 'static {
+        agents.flat_map(move |a| {
+            let keys: Vec<Trigger> = match a {
+                Ok(agent) => index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(keys)
+        })
     }
 }
 
@@ -745,10 +687,10 @@ mod tests {
             &ctx,
             "AgentIdentity",
             Arc::new(agent),
-            |_| async { Ok(kube::runtime::controller::Action::await_change()) },
+            |_| async { Ok(Action::await_change()) },
             |_| async move {
                 c.store(true, std::sync::atomic::Ordering::SeqCst);
-                Ok(kube::runtime::controller::Action::await_change())
+                Ok(())
             },
         )
         .await;
@@ -770,30 +712,41 @@ mod tests {
             &ctx,
             "AgentIdentity",
             Arc::new(agent),
-            |_| async { Ok(kube::runtime::controller::Action::await_change()) },
-            |_| async { Ok(kube::runtime::controller::Action::await_change()) },
+            |_| async { Ok(Action::await_change()) },
+            |_| async { Ok(()) },
         )
         .await;
         assert!(res.is_err());
     }
 
-    #[test]
-    fn the_cache_keeps_only_what_finds_the_object_again() {
-        let mut a = deleting_agent();
-        a.metadata.uid = Some("uid-1".into());
-        a.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
-        let c = cached(&a);
-        let want =
-            kube::api::ObjectMeta { name: Some("a".into()), namespace: Some("agents".into()), ..Default::default() };
-        assert_eq!(c.meta(), &want);
-        // The same kind to the apiserver and to owner references (`owns_stream` matches on them).
-        assert_eq!(Cached::<AgentIdentity>::kind(&()), "AgentIdentity");
-        assert_eq!(Cached::<AgentIdentity>::api_version(&()), AgentIdentity::api_version(&()));
-        assert_eq!(Cached::<AgentIdentity>::plural(&()), AgentIdentity::plural(&()));
-        assert_eq!(ObjectRef::from_obj(&c), ObjectRef::<Cached<AgentIdentity>>::new("a").within("agents"));
-        assert_eq!(std::mem::size_of::<Cached<AgentIdentity>>(), std::mem::size_of::<kube::api::ObjectMeta>());
-        let event = cached_event(&kube::runtime::watcher::Event::Delete(a));
-        assert!(matches!(event, kube::runtime::watcher::Event::Delete(o) if o.meta() == &want));
+    #[tokio::test]
+    async fn changed_agents_and_children_become_triggers_for_the_objects_they_concern() {
+        fn agent_ref(g: &ToolGrant) -> &str {
+            g.spec.agent_ref.name.as_str()
+        }
+        let index = Arc::new(std::sync::Mutex::new(AgentRefIndex::default()));
+        index.lock().unwrap().observe(&Event::Apply(grant("g1", "billing")), agent_ref);
+        index.lock().unwrap().observe(&Event::Apply(grant("g2", "billing")), agent_ref);
+        let mut billing = crate::api::test_agent("billing");
+        billing.metadata.namespace = Some("agents".into());
+        let agents = futures::stream::iter(vec![Ok(billing), Ok(crate::api::test_agent("nobody"))]);
+        let keys: Vec<Key> = AgentRefIndex::triggers(index, agents).map(|t| t.unwrap()).collect::<Vec<_>>().await;
+        assert_eq!(keys, [Key::new("agents", "g1"), Key::new("agents", "g2")]);
+
+        let mut sa = crate::api::test_agent("sa");
+        sa.metadata.namespace = Some("agents".into());
+        sa.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "agentid.dev/v1alpha1".into(),
+            kind: "AgentIdentity".into(),
+            name: "billing".into(),
+            uid: "u".into(),
+            ..Default::default()
+        }]);
+        let keys: Vec<Key> = owners_of::<AgentIdentity, _>(futures::stream::iter(vec![Ok(sa)]))
+            .map(|t| t.unwrap())
+            .collect::<Vec<_>>()
+            .await;
+        assert_eq!(keys, [Key::new("agents", "billing")]);
     }
 
     #[test]
@@ -890,7 +843,7 @@ mod tests {
     }
 
     fn refs(i: &AgentRefIndex, agent: &str) -> Vec<String> {
-        i.of::<ToolGrant>(&crate::api::test_agent(agent)).into_iter().map(|r| r.name).collect()
+        i.of(&crate::api::test_agent(agent)).into_iter().map(|r| r.name).collect()
     }
 
     #[test]
@@ -905,6 +858,11 @@ mod tests {
         assert_eq!(refs(&i, "billing"), ["g1", "g2"]);
         assert_eq!(refs(&i, "triage"), ["g3"]);
         assert!(refs(&i, "nobody").is_empty());
+        // the same agent name in another namespace is another agent
+        let mut elsewhere = grant("g9", "billing");
+        elsewhere.metadata.namespace = Some("other".into());
+        i.observe(&Event::Apply(elsewhere), agent_ref);
+        assert_eq!(refs(&i, "billing"), ["g1", "g2"]);
         i.observe(&Event::Delete(grant("g1", "billing")), agent_ref);
         assert_eq!(refs(&i, "billing"), ["g2"]);
         // a re-list replaces the index once it is complete

@@ -6,20 +6,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, PostParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::Context;
-use super::delete_exactly;
+use super::{Action, Context, Key, delete_exactly};
 use crate::api::{AgentIdentity, AgentTask, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::core::identity::is_owned_by;
 use crate::core::task::{self, AnchorAction, Revocation};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const KIND: &str = "AgentTask";
 
@@ -40,24 +39,23 @@ pub async fn run(ctx: Arc<Context>) {
         .filter(watcher::watcher(agents, watcher::Config::default()).backoff(crate::controller::watch_backoff()));
     let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
     let observed = index.clone();
-    let (store, tasks) = super::main_stream(tasks, move |e| {
-        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |t: &AgentTask| t.spec.agent_ref.name.as_str())
+    let deadlines = ctx.task_deadlines.clone();
+    let own = super::main_stream(tasks, move |e| {
+        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |t: &AgentTask| t.spec.agent_ref.name.as_str());
+        deadlines.observe(e);
     });
-    let due = super::deadlines::due(ctx.task_deadlines.clone(), store.clone());
-    let stream = Controller::for_stream(tasks, store)
-        .owns_stream(anchor_changes)
-        .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
-        .reconcile_on(due)
-        .with_config(super::controller_config())
-        .trigger_backoff(super::watch_backoff())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    super::drain(stream).await;
+    let triggers = futures::stream::select_all([
+        own.boxed(),
+        super::owners_of::<AgentTask, _>(anchor_changes).boxed(),
+        super::AgentRefIndex::triggers(index, agent_changes).boxed(),
+        super::deadlines::due(ctx.task_deadlines.clone()).boxed(),
+    ]);
+    super::run(KIND, ctx, triggers, reconcile).await;
 }
 
-#[instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
-pub async fn reconcile(cached: Arc<super::Cached<AgentTask>>, ctx: Arc<Context>) -> Result<Action> {
-    super::reconcile_cached(&ctx, KIND, &cached, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
+#[instrument(skip_all, fields(namespace = %key.namespace, name = %key.name))]
+pub async fn reconcile(key: Key, ctx: Arc<Context>) -> Result<Action> {
+    super::reconcile_key(&ctx, KIND, &key, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
@@ -129,7 +127,7 @@ async fn revoke(secrets: &Api<Secret>, anchor: &Secret, reason: Revocation, ctx:
 }
 
 /// Removes the task's anchor, which revokes its tokens; never a Secret of that name it does not own.
-async fn cleanup(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
+async fn cleanup(task: Arc<AgentTask>, ctx: &Context) -> Result<()> {
     let ns = task.namespace().unwrap_or_default();
     let uid = task.uid().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -138,9 +136,5 @@ async fn cleanup(task: Arc<AgentTask>, ctx: &Context) -> Result<Action> {
     {
         revoke(&secrets, &anchor, Revocation::Deleted, ctx).await?;
     }
-    Ok(Action::await_change())
-}
-
-fn error_policy(task: Arc<super::Cached<AgentTask>>, error: &Error, ctx: Arc<Context>) -> Action {
-    super::on_error(KIND, task.as_ref(), error, &ctx)
+    Ok(())
 }

@@ -4,19 +4,19 @@
 
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument};
 
-use super::{Context, delete_exactly};
+use super::{Action, Context, Key, delete_exactly};
 use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant};
 use crate::core::grant::{self, ExistingRbac, RbacAction};
 use crate::core::identity::is_owned_by;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const KIND: &str = "ToolGrant";
 
@@ -39,25 +39,24 @@ pub async fn run(ctx: Arc<Context>) {
         .filter(watcher::watcher(agents, watcher::Config::default()).backoff(crate::controller::watch_backoff()));
     let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
     let observed = index.clone();
-    let (store, grants) = super::main_stream(grants, move |e| {
-        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |g: &ToolGrant| g.spec.agent_ref.name.as_str())
+    let deadlines = ctx.grant_deadlines.clone();
+    let own = super::main_stream(grants, move |e| {
+        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |g: &ToolGrant| g.spec.agent_ref.name.as_str());
+        deadlines.observe(e);
     });
-    let due = super::deadlines::due(ctx.grant_deadlines.clone(), store.clone());
-    let stream = Controller::for_stream(grants, store)
-        .owns_stream(role_changes)
-        .owns_stream(binding_changes)
-        .watches_stream(agent_changes, move |agent| index.lock().unwrap_or_else(|p| p.into_inner()).of(&agent))
-        .reconcile_on(due)
-        .with_config(super::controller_config())
-        .trigger_backoff(super::watch_backoff())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    super::drain(stream).await;
+    let triggers = futures::stream::select_all([
+        own.boxed(),
+        super::owners_of::<ToolGrant, _>(role_changes).boxed(),
+        super::owners_of::<ToolGrant, _>(binding_changes).boxed(),
+        super::AgentRefIndex::triggers(index, agent_changes).boxed(),
+        super::deadlines::due(ctx.grant_deadlines.clone()).boxed(),
+    ]);
+    super::run(KIND, ctx, triggers, reconcile).await;
 }
 
-#[instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
-pub async fn reconcile(cached: Arc<super::Cached<ToolGrant>>, ctx: Arc<Context>) -> Result<Action> {
-    super::reconcile_cached(&ctx, KIND, &cached, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
+#[instrument(skip_all, fields(namespace = %key.namespace, name = %key.name))]
+pub async fn reconcile(key: Key, ctx: Arc<Context>) -> Result<Action> {
+    super::reconcile_key(&ctx, KIND, &key, |o| apply(o, &ctx), |o| cleanup(o, &ctx)).await
 }
 
 async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
@@ -115,7 +114,7 @@ async fn apply(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
 }
 
 /// Removes the grant's Role and RoleBinding; never objects of that name it does not own.
-async fn cleanup(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
+async fn cleanup(grant: Arc<ToolGrant>, ctx: &Context) -> Result<()> {
     let ns = grant.namespace().unwrap_or_default();
     let uid = grant.uid().unwrap_or_default();
     let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &ns);
@@ -133,9 +132,5 @@ async fn cleanup(grant: Arc<ToolGrant>, ctx: &Context) -> Result<Action> {
         delete_exactly(&roles, &r).await?;
         info!(rbac = %rbac_name, "role deleted");
     }
-    Ok(Action::await_change())
-}
-
-fn error_policy(grant: Arc<super::Cached<ToolGrant>>, error: &Error, ctx: Arc<Context>) -> Action {
-    super::on_error(KIND, grant.as_ref(), error, &ctx)
+    Ok(())
 }
