@@ -5,14 +5,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PartialObjectMeta;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::{Action, Context, Key};
-use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::api::{AgentIdentity, FIELD_MANAGER};
 use crate::core::identity::{self, ServiceAccountAction, is_owned_by};
 use crate::error::Result;
 
@@ -22,15 +20,12 @@ const KIND: &str = "AgentIdentity";
 
 /// Runs the controller until the stream ends (shutdown).
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
-    // ServiceAccounts: metadata only, and only someone else's change or deletion wakes their agent.
-    let sas: Api<PartialObjectMeta<ServiceAccount>> = ctx.config.api(client);
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let sa_changes =
-        super::Changes::of_children().filter(watcher::watcher(sas, owned).backoff(crate::controller::watch_backoff()));
-    let triggers =
-        futures::stream::select(super::main_stream(agents, |_| {}), super::owners_of::<AgentIdentity, _>(sa_changes));
+    let agents: Api<AgentIdentity> = ctx.config.api(ctx.client.clone());
+    // ServiceAccounts: someone else's change or deletion of one wakes its agent.
+    let triggers = futures::stream::select(
+        super::main_stream(agents, |_| {}),
+        super::children::<AgentIdentity, ServiceAccount>(&ctx),
+    );
     super::run(KIND, ctx, triggers, reconcile).await;
 }
 

@@ -420,6 +420,55 @@ where
     })
 }
 
+/// Changes of the children of kind `C` that agentid labelled as its own (watched as metadata only), as triggers
+/// for their owners of kind `K`: only someone else's change or deletion of one wakes its owner
+/// ([`Changes::of_children`]).
+pub fn children<K, C>(ctx: &Context) -> futures::stream::BoxStream<'static, Trigger>
+where
+    K: Resource<DynamicType = ()>,
+    C: AgentidObject + Send + Sync + 'static,
+{
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<kube::api::PartialObjectMeta<C>> = ctx.config.api(ctx.client.clone());
+    let owned =
+        watcher::Config::default().labels(&format!("{}={}", crate::api::MANAGED_BY_LABEL, crate::api::MANAGED_BY));
+    owners_of::<K, _>(Changes::of_children().filter(watcher::watcher(api, owned).backoff(watch_backoff()))).boxed()
+}
+
+/// The triggers of a controller whose objects (grants, tasks) name an agent in `spec.agentRef` (`agent_ref`):
+/// - their own changes ([`main_stream`]); each is indexed by the agent it names, and its deadlines are
+///   forgotten when it goes;
+/// - the changes of those agents that can change their phase ([`crate::core::identity::dependents_fingerprint`]:
+///   the agent appears or goes, is suspended or resumed, changes its audiences, its ServiceAccount comes into
+///   place), nothing else of an agent;
+/// - their `deadlines` as they fall due;
+/// - `children` ([`children`]).
+pub fn agent_dependents<K>(
+    ctx: &Context,
+    deadlines: Arc<deadlines::Deadlines>,
+    agent_ref: fn(&K) -> &str,
+    children: Vec<futures::stream::BoxStream<'static, Trigger>>,
+) -> impl Stream<Item = Trigger> + Send + 'static
+where
+    K: AgentidObject + Send + Sync + 'static,
+{
+    use kube::runtime::{WatchStreamExt, watcher};
+    let agents: kube::Api<crate::api::AgentIdentity> = ctx.config.api(ctx.client.clone());
+    let agent_changes = Changes::new(crate::core::identity::dependents_fingerprint, true)
+        .filter(watcher::watcher(agents, watcher::Config::default()).backoff(watch_backoff()));
+    let index = Arc::new(std::sync::Mutex::new(AgentRefIndex::default()));
+    let observed = index.clone();
+    let forget = deadlines.clone();
+    let own = main_stream(ctx.config.api::<K>(ctx.client.clone()), move |e| {
+        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, agent_ref);
+        forget.observe(e);
+    });
+    let mut streams =
+        vec![own.boxed(), AgentRefIndex::triggers(index, agent_changes).boxed(), deadlines::due(deadlines).boxed()];
+    streams.extend(children);
+    futures::stream::select_all(streams)
+}
+
 /// Triggers for the objects of kind `K` that own the changed children in `changes` ([`runner::owners`]).
 pub fn owners_of<K, C>(
     changes: impl Stream<Item = Result<C, kube::runtime::watcher::Error>> + Send + 'static,

@@ -3,19 +3,17 @@
 //! completed, expired, agent suspended, task deleted) revokes every token
 //! issued for the task. Wakes up at the task's expiry.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::{Action, Context, Key, delete_exactly};
-use crate::api::{AgentIdentity, AgentTask, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::api::{AgentIdentity, AgentTask, FIELD_MANAGER};
 use crate::core::identity::is_owned_by;
 use crate::core::task::{self, AnchorAction, Revocation};
 use crate::error::Result;
@@ -24,32 +22,10 @@ const KIND: &str = "AgentTask";
 
 /// Runs the controller until the stream ends (shutdown).
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let tasks: Api<AgentTask> = ctx.config.api(client.clone());
-    let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
-    // Only Secrets agentid labelled as its own (anchors), metadata only; only someone else's change or
-    // deletion of one wakes its task.
-    let secrets: Api<PartialObjectMeta<Secret>> = ctx.config.api(client);
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let anchor_changes = super::Changes::of_children()
-        .filter(watcher::watcher(secrets, owned).backoff(crate::controller::watch_backoff()));
-    // An agent that appears, goes, is suspended, resumed, changes its audiences or whose ServiceAccount comes
-    // into place changes its tasks' phase; nothing else of it does.
-    let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)
-        .filter(watcher::watcher(agents, watcher::Config::default()).backoff(crate::controller::watch_backoff()));
-    let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
-    let observed = index.clone();
-    let deadlines = ctx.task_deadlines.clone();
-    let own = super::main_stream(tasks, move |e| {
-        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |t: &AgentTask| t.spec.agent_ref.name.as_str());
-        deadlines.observe(e);
-    });
-    let triggers = futures::stream::select_all([
-        own.boxed(),
-        super::owners_of::<AgentTask, _>(anchor_changes).boxed(),
-        super::AgentRefIndex::triggers(index, agent_changes).boxed(),
-        super::deadlines::due(ctx.task_deadlines.clone()).boxed(),
-    ]);
+    // Anchors: someone else's change or deletion of one wakes its task.
+    let children = vec![super::children::<AgentTask, Secret>(&ctx)];
+    let agent_ref: fn(&AgentTask) -> &str = |t| t.spec.agent_ref.name.as_str();
+    let triggers = super::agent_dependents(&ctx, ctx.task_deadlines.clone(), agent_ref, children);
     super::run(KIND, ctx, triggers, reconcile).await;
 }
 

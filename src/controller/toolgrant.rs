@@ -2,18 +2,16 @@
 //! RoleBinding for its agent's ServiceAccount while Active) in line, and wakes up
 //! at the grant's validity boundaries.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument};
 
 use super::{Action, Context, Key, delete_exactly};
-use crate::api::{AgentIdentity, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ToolGrant};
+use crate::api::{AgentIdentity, FIELD_MANAGER, ToolGrant};
 use crate::core::grant::{self, ExistingRbac, RbacAction};
 use crate::core::identity::is_owned_by;
 use crate::error::Result;
@@ -22,35 +20,10 @@ const KIND: &str = "ToolGrant";
 
 /// Runs the controller until the stream ends (shutdown).
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let grants: Api<ToolGrant> = ctx.config.api(client.clone());
-    let agents: Api<AgentIdentity> = ctx.config.api(client.clone());
-    let roles: Api<PartialObjectMeta<Role>> = ctx.config.api(client.clone());
-    let bindings: Api<PartialObjectMeta<RoleBinding>> = ctx.config.api(client);
-    // Roles and RoleBindings: metadata only, and only someone else's change or deletion wakes their grant.
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let role_changes = super::Changes::of_children()
-        .filter(watcher::watcher(roles, owned.clone()).backoff(crate::controller::watch_backoff()));
-    let binding_changes = super::Changes::of_children()
-        .filter(watcher::watcher(bindings, owned).backoff(crate::controller::watch_backoff()));
-    // An agent that appears, goes, is suspended or resumed, or whose ServiceAccount comes into place changes
-    // the phase of its grants; nothing else of it does (its conditions' times and messages, its finalizer).
-    let agent_changes = super::Changes::new(crate::core::identity::dependents_fingerprint, true)
-        .filter(watcher::watcher(agents, watcher::Config::default()).backoff(crate::controller::watch_backoff()));
-    let index = Arc::new(Mutex::new(super::AgentRefIndex::default()));
-    let observed = index.clone();
-    let deadlines = ctx.grant_deadlines.clone();
-    let own = super::main_stream(grants, move |e| {
-        observed.lock().unwrap_or_else(|p| p.into_inner()).observe(e, |g: &ToolGrant| g.spec.agent_ref.name.as_str());
-        deadlines.observe(e);
-    });
-    let triggers = futures::stream::select_all([
-        own.boxed(),
-        super::owners_of::<ToolGrant, _>(role_changes).boxed(),
-        super::owners_of::<ToolGrant, _>(binding_changes).boxed(),
-        super::AgentRefIndex::triggers(index, agent_changes).boxed(),
-        super::deadlines::due(ctx.grant_deadlines.clone()).boxed(),
-    ]);
+    // Roles and RoleBindings: someone else's change or deletion of one wakes its grant.
+    let children = vec![super::children::<ToolGrant, Role>(&ctx), super::children::<ToolGrant, RoleBinding>(&ctx)];
+    let agent_ref: fn(&ToolGrant) -> &str = |g| g.spec.agent_ref.name.as_str();
+    let triggers = super::agent_dependents(&ctx, ctx.grant_deadlines.clone(), agent_ref, children);
     super::run(KIND, ctx, triggers, reconcile).await;
 }
 
