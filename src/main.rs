@@ -78,7 +78,11 @@ fn main() -> ExitCode {
         )),
         Command::Run(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            match rt.block_on(agentid::cli::run::run(*args)) {
+            let result = rt.block_on(agentid::cli::run::run(*args));
+            // Stop every task first, so that nothing a task logs while it is torn down (a request cut
+            // off mid-flight) lands after the line that says why agentid stopped.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!(error = %e, "agentid stopped");

@@ -586,8 +586,10 @@ impl<K: Resource> Changes<K> {
 /// Small per agent, since it holds an entry for every agent with a grant or a task: the key is a 64-bit hash
 /// of (namespace, agent) instead of the two strings, and the names per agent are a sorted `Vec` of boxed
 /// strings (an agent has a few grants and tasks; a `BTreeSet` allocates a node of eleven slots for the first
-/// one). Two agents whose keys collide share one list: each agent's change then also wakes the other's
-/// objects' names in its own namespace, which a reconcile finds absent or unchanged.
+/// one). Two agents whose keys collide (a 64-bit hash: about 3 in 10^12 at 10,000 agents) share one list: each
+/// agent's change then also wakes the other's objects' names in its own namespace, which a reconcile finds
+/// absent or unchanged; and when both have an object of the same name, deleting one drops the other from the
+/// list until it changes or the watch re-lists.
 #[derive(Default)]
 pub struct AgentRefIndex {
     by_agent: AgentRefs,
