@@ -25,6 +25,9 @@ pub enum Error {
 
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl From<kube::Error> for Error {
@@ -50,6 +53,7 @@ impl Error {
             Error::Config(_) => "config".into(),
             Error::Tls(_) => "tls".into(),
             Error::Io(_) => "io".into(),
+            Error::Timeout(_) => "timeout".into(),
         }
     }
 }

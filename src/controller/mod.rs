@@ -151,8 +151,13 @@ impl Context {
 /// once, and the memory those hold in flight sets the operator's peak (which its memory limit must cover).
 pub const CONCURRENCY: usize = 32;
 
+/// The longest one reconcile may take (a few requests, each normally milliseconds); then it is cut off,
+/// counted as a `timeout` failure and run again.
+pub const RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs one controller: `reconcile` for every object `triggers` names ([`runner`]), failures through
-/// [`on_error`], until SIGTERM/SIGINT (then the running reconciles finish) or the triggers end.
+/// [`on_error`], until SIGTERM/SIGINT (then the running reconciles finish, for at most
+/// [`runner::STOP_WAIT`]) or the triggers end.
 pub async fn run<R, F>(kind: &'static str, ctx: Arc<Context>, triggers: impl Stream<Item = Trigger>, reconcile: R)
 where
     R: Fn(Key, Arc<Context>) -> F,
@@ -162,13 +167,24 @@ where
         let ctx = ctx.clone();
         let fut = reconcile(key.clone(), ctx.clone());
         async move {
-            match fut.await {
+            // The client sets no read timeout: a request on a connection that went dead would hold this
+            // object (and one of the CONCURRENCY slots) for good. A reconcile is idempotent, so one cut off
+            // at an await is simply run again.
+            match within(RECONCILE_TIMEOUT, fut).await {
                 Ok(action) => action,
                 Err(error) => on_error(kind, &key, &error, &ctx),
             }
         }
     };
     runner::run(kind, triggers, CONCURRENCY, reconcile, crate::signal::shutdown()).await;
+}
+
+/// `reconcile`'s result, or [`crate::Error::Timeout`] once `limit` has passed (the reconcile is dropped).
+async fn within(
+    limit: std::time::Duration,
+    reconcile: impl std::future::Future<Output = crate::Result<Action>>,
+) -> crate::Result<Action> {
+    tokio::time::timeout(limit, reconcile).await.unwrap_or(Err(crate::Error::Timeout(limit)))
 }
 
 /// Finalizer that lets agentid remove what it created before one of its objects goes.
@@ -581,7 +597,9 @@ impl<K: Resource> Changes<K> {
 
 /// The objects that name an agent in `spec.agentRef` (grants, tasks), by (namespace, agent): the objects to
 /// look at again when the agent changes, without a scan of the whole cache. Kept from the watch events of
-/// those objects; a superset at worst (a stale entry only costs a reconcile that changes nothing).
+/// those objects; a superset at worst (a stale entry only costs a reconcile that changes nothing). A grant
+/// whose `agentRef` is edited (a task's cannot be) stays listed under its old agent too, until the watch
+/// re-lists: one name per such edit, not worth a map from every object to its agent.
 ///
 /// Small per agent, since it holds an entry for every agent with a grant or a task: the key is a 64-bit hash
 /// of (namespace, agent) instead of the two strings, and the names per agent are a sorted `Vec` of boxed
@@ -677,6 +695,15 @@ mod tests {
     use super::*;
     use crate::api::{AgentIdentity, ToolGrant};
     use kube::runtime::watcher::Event;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_that_hangs_is_cut_off_as_a_timeout() {
+        let hung = within(RECONCILE_TIMEOUT, std::future::pending()).await;
+        assert!(matches!(hung, Err(crate::Error::Timeout(d)) if d == RECONCILE_TIMEOUT), "{hung:?}");
+        assert_eq!(hung.unwrap_err().metric_label(), "timeout");
+        let quick = within(RECONCILE_TIMEOUT, async { Ok(Action::await_change()) }).await;
+        assert!(quick.is_ok());
+    }
 
     fn obj(name: &str, rv: &str) -> AgentIdentity {
         let mut a = crate::api::test_agent(name);

@@ -11,7 +11,7 @@
 //! - triggers of an object that waits to run are merged into one;
 //! - [`Action::requeue`] runs it again after that long, unless something runs it sooner;
 //! - at most `concurrency` reconciles run at once;
-//! - on shutdown no new reconcile starts, and those running finish.
+//! - on shutdown no new reconcile starts, and those running finish (for at most [`STOP_WAIT`]).
 //!
 //! The scheduling itself is [`Queue`], a plain value with no clock or I/O of its own, tested as such.
 
@@ -112,27 +112,19 @@ impl Queue {
         if self.again.remove(&key) {
             self.trigger(key);
         } else if let Some(after) = action.requeue_after {
-            self.schedule(key, now + after);
+            // A requeue too far to represent is no requeue (the next trigger runs it).
+            if let Some(at) = now.checked_add(after) {
+                self.schedule(key, at);
+            }
         }
     }
 
-    /// Runs `key` at `at`, or earlier if it has an earlier timer (kept) or waits to run already.
+    /// Runs `key` at `at`. Only `done` sets a timer, and a key that runs has none (its trigger cancelled
+    /// it), so there is no earlier timer to weigh against; one is replaced all the same.
     fn schedule(&mut self, key: Key, at: Instant) {
-        if self.queued.contains(&key) || self.again.contains(&key) {
-            return;
-        }
-        match self.timer_of.get(&key) {
-            Some(&earlier) if earlier <= at => {}
-            Some(&later) => {
-                self.timers.remove(&(later, key.clone()));
-                self.timers.insert((at, key.clone()));
-                self.timer_of.insert(key, at);
-            }
-            None => {
-                self.timers.insert((at, key.clone()));
-                self.timer_of.insert(key, at);
-            }
-        }
+        self.cancel_timer(&key);
+        self.timers.insert((at, key.clone()));
+        self.timer_of.insert(key, at);
     }
 
     fn cancel_timer(&mut self, key: &Key) {
@@ -178,8 +170,13 @@ impl Queue {
 /// A trigger: an object to reconcile, or the error of a watch (logged; the watch retries on its own).
 pub type Trigger = Result<Key, kube::runtime::watcher::Error>;
 
+/// How long a stopping controller waits for its running reconciles before it drops them (each is
+/// idempotent: the next leader runs it again). Well inside a pod's default 30 s grace period, which must
+/// also cover releasing the Lease and draining the listeners.
+pub const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs `reconcile` for the objects `triggers` names, by the rules of [`Queue`], until `shutdown` resolves
-/// (then the running reconciles finish) or the triggers end.
+/// (then the running reconciles finish, for at most [`STOP_WAIT`]) or the triggers end.
 pub async fn run<S, R, F>(
     kind: &'static str,
     triggers: S,
@@ -196,6 +193,8 @@ pub async fn run<S, R, F>(
     let mut triggers = std::pin::pin!(triggers.fuse());
     let mut shutdown = std::pin::pin!(shutdown);
     let mut stopping = false;
+    let stop_by = tokio::time::sleep(Duration::MAX);
+    let mut stop_by = std::pin::pin!(stop_by);
     let concurrency = concurrency.max(1);
     loop {
         while !stopping && queue.running() < concurrency {
@@ -212,6 +211,11 @@ pub async fn run<S, R, F>(
             () = &mut shutdown, if !stopping => {
                 tracing::debug!(kind, running = queue.running(), "controller stopping");
                 stopping = true;
+                stop_by.as_mut().reset(Instant::now() + STOP_WAIT);
+            }
+            () = &mut stop_by, if stopping => {
+                tracing::warn!(kind, running = queue.running(), "controller stopped with reconciles still running");
+                break;
             }
             Some((key, action)) = running.next(), if !running.is_empty() => {
                 queue.done(key, action, Instant::now());
@@ -219,7 +223,10 @@ pub async fn run<S, R, F>(
             trigger = triggers.next(), if !stopping => match trigger {
                 Some(Ok(key)) => queue.trigger(key),
                 Some(Err(error)) => tracing::warn!(kind, %error, "watch failed; it retries"),
-                None => stopping = true,
+                None => {
+                    stopping = true;
+                    stop_by.as_mut().reset(Instant::now() + STOP_WAIT);
+                }
             },
             () = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() && !stopping => {
                 queue.fire(Instant::now());
@@ -306,18 +313,13 @@ mod tests {
     }
 
     #[test]
-    fn the_earlier_of_two_requeues_wins() {
-        let now = Instant::now();
+    fn a_requeue_too_far_to_represent_is_no_requeue() {
         let mut q = Queue::default();
-        q.schedule(k("a"), now + Duration::from_secs(10));
-        q.schedule(k("a"), now + Duration::from_secs(20));
-        assert_eq!(q.next_timer(), Some(now + Duration::from_secs(10)));
-        q.schedule(k("a"), now + Duration::from_secs(5));
-        assert_eq!(q.next_timer(), Some(now + Duration::from_secs(5)));
-        assert_eq!(q.len(), 1);
-        q.fire(now + Duration::from_secs(5));
-        assert_eq!(start_all(&mut q), ["a"]);
+        q.trigger(k("a"));
+        q.start();
+        q.done(k("a"), Action::requeue(Duration::MAX), Instant::now());
         assert_eq!(q.next_timer(), None);
+        assert!(q.is_empty());
     }
 
     #[test]
@@ -419,6 +421,24 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), ["start a", "end a", "start a", "end a"]);
         stop_tx.send(()).unwrap();
         runner.await.unwrap();
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_loop_waits_for_a_hung_reconcile_only_so_long() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Trigger>();
+        tx.unbounded_send(Ok(k("hung"))).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let started = Instant::now();
+        let runner = tokio::spawn(run("Test", rx, 4, |_key| std::future::pending::<Action>(), async move {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop_tx.send(()).unwrap();
+        tokio::time::sleep(STOP_WAIT - Duration::from_millis(100)).await;
+        assert!(!runner.is_finished(), "waits for the running reconcile first");
+        tokio::time::timeout(Duration::from_secs(1), runner).await.expect("then stops").unwrap();
+        assert!(started.elapsed() >= STOP_WAIT + Duration::from_secs(1));
         drop(tx);
     }
 }
