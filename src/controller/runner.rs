@@ -192,11 +192,11 @@ pub async fn run<S, R, F>(
     let mut running = FuturesUnordered::new();
     let mut triggers = std::pin::pin!(triggers.fuse());
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut stopping = false;
-    let stop_by = tokio::time::sleep(Duration::MAX);
-    let mut stop_by = std::pin::pin!(stop_by);
+    // Set once stopping: when the running reconciles are dropped if they have not finished.
+    let mut stop_by: Option<Instant> = None;
     let concurrency = concurrency.max(1);
     loop {
+        let stopping = stop_by.is_some();
         while !stopping && queue.running() < concurrency {
             let Some(key) = queue.start() else { break };
             let reconciled = reconcile(key.clone());
@@ -210,10 +210,9 @@ pub async fn run<S, R, F>(
             biased;
             () = &mut shutdown, if !stopping => {
                 tracing::debug!(kind, running = queue.running(), "controller stopping");
-                stopping = true;
-                stop_by.as_mut().reset(Instant::now() + STOP_WAIT);
+                stop_by = Some(Instant::now() + STOP_WAIT);
             }
-            () = &mut stop_by, if stopping => {
+            () = tokio::time::sleep_until(stop_by.unwrap_or_else(Instant::now)), if stopping => {
                 tracing::warn!(kind, running = queue.running(), "controller stopped with reconciles still running");
                 break;
             }
@@ -223,10 +222,7 @@ pub async fn run<S, R, F>(
             trigger = triggers.next(), if !stopping => match trigger {
                 Some(Ok(key)) => queue.trigger(key),
                 Some(Err(error)) => tracing::warn!(kind, %error, "watch failed; it retries"),
-                None => {
-                    stopping = true;
-                    stop_by.as_mut().reset(Instant::now() + STOP_WAIT);
-                }
+                None => stop_by = Some(Instant::now() + STOP_WAIT),
             },
             () = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() && !stopping => {
                 queue.fire(Instant::now());
